@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cdef import make_ffi  # noqa: E402
+from _cdef import make_ffi
 
 ffibuilder = make_ffi("ustack._csum", "checksum.h", "checksum.c", "-O3")
 

@@ -129,7 +129,9 @@ class Topology:
             _link_up(ipr, "lo")
             found = ipr.link_lookup(ifname=VETH_KERNEL)
             if not found:
-                raise TopologyError(errno.ENODEV, f"veth peer {VETH_KERNEL} missing in {self.kernel_ns}")
+                raise TopologyError(
+                    errno.ENODEV, f"veth peer {VETH_KERNEL} missing in {self.kernel_ns}"
+                )
             _ensure_addr(ipr, found[0], KERNEL_ADDR, VETH_PREFIX)
             ipr.link("set", index=found[0], state="up")
 
@@ -159,10 +161,7 @@ def _link_up(ipr: IPRoute, ifname: str) -> None:
 
 
 def _ensure_addr(ipr: IPRoute, idx: int, addr: str, prefix: int) -> None:
-    have = {
-        (a.get("IFA_ADDRESS"), a["prefixlen"])
-        for a in ipr.get_addr(index=idx, family=2)
-    }
+    have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
     if (addr, prefix) not in have:
         ipr.addr("add", index=idx, address=addr, prefixlen=prefix)
 

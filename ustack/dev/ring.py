@@ -21,9 +21,9 @@ import struct
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
+from ustack import netns
 from ustack._ring import ffi as _ffi
 from ustack._ring import lib as _lib
-from ustack import netns
 from ustack.errors import (
     BadDeviceNameError,
     DeviceGoneError,
@@ -100,9 +100,7 @@ class VnetHeader(NamedTuple):
 
 def _raise_open_error(ifname: str, err: int, message: str) -> None:
     if err in (errno.EPERM, errno.EACCES):
-        raise DevicePermissionError(
-            err, f"{message} (needs root or CAP_NET_ADMIN)", ifname
-        )
+        raise DevicePermissionError(err, f"{message} (needs root or CAP_NET_ADMIN)", ifname)
     if err in (errno.ENODEV, errno.ENOENT, errno.ENXIO):
         raise DeviceNotFoundError(err, message, ifname)
     if err == errno.EINVAL and "name" in message:
@@ -129,7 +127,9 @@ class Ring:
         if slot_size is None:
             slot_size = SLOT_SIZE_GSO if vnet_hdr else SLOT_SIZE_PLAIN
         if offloads and not vnet_hdr:
-            raise ValueError("offloads need vnet_hdr=True: the kernel describes them in that header")
+            raise ValueError(
+                "offloads need vnet_hdr=True: the kernel describes them in that header"
+            )
         flags = 0
         if multi_queue:
             flags |= _lib.US_OPEN_MULTI_QUEUE
@@ -163,18 +163,20 @@ class Ring:
         self.counters = memoryview(
             _ffi.buffer(_lib.us_ring_counters(self._ptr), 8 * len(COUNTER_NAMES))
         ).cast("Q")
-        self.rx_len = memoryview(_ffi.buffer(_lib.us_ring_rx_len(self._ptr), 4 * self.rx_slots)).cast(
-            "I"
-        )
+        self.rx_len = memoryview(
+            _ffi.buffer(_lib.us_ring_rx_len(self._ptr), 4 * self.rx_slots)
+        ).cast("I")
         self._tx_slot = memoryview(
             _ffi.buffer(_lib.us_ring_tx_slot(self._ptr), 4 * self.tx_slots)
         ).cast("I")
-        self._tx_len = memoryview(_ffi.buffer(_lib.us_ring_tx_len(self._ptr), 4 * self.tx_slots)).cast(
-            "I"
-        )
+        self._tx_len = memoryview(
+            _ffi.buffer(_lib.us_ring_tx_len(self._ptr), 4 * self.tx_slots)
+        ).cast("I")
         # TX slots follow the RX slots in the pool; the free list is a stack
         # so the most recently used (cache-warm) slot is reused first.
-        self._tx_free: list[int] = list(range(self.rx_slots + self.tx_slots - 1, self.rx_slots - 1, -1))
+        self._tx_free: list[int] = list(
+            range(self.rx_slots + self.tx_slots - 1, self.rx_slots - 1, -1)
+        )
         self._tx_pending = 0
         self._rx_burst = _lib.us_rx_burst
         self._tx_burst = _lib.us_tx_burst
@@ -208,7 +210,9 @@ class Ring:
         """Change TUNSETOFFLOAD on the fly (needs vnet headers unless 0)."""
         rc = _lib.us_ring_set_offload(self._ptr, offloads)
         if rc < 0:
-            raise UstackError(f"cannot set offloads {offloads:#x} on {self.ifname}: {os.strerror(-rc)}")
+            raise UstackError(
+                f"cannot set offloads {offloads:#x} on {self.ifname}: {os.strerror(-rc)}"
+            )
         self.offloads = offloads
 
     # -- receive ---------------------------------------------------------
@@ -237,7 +241,9 @@ class Ring:
         """The virtio-net header the kernel gave frame i of the last burst."""
         if not self.vnet_hdr_len:
             raise UstackError(f"{self.ifname} was opened without vnet headers")
-        return VnetHeader._make(_VNET.unpack_from(self.pool, i * self.slot_size + HEADROOM - VNET_HDR_LEN))
+        return VnetHeader._make(
+            _VNET.unpack_from(self.pool, i * self.slot_size + HEADROOM - VNET_HDR_LEN)
+        )
 
     # -- transmit --------------------------------------------------------
 
