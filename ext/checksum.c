@@ -50,22 +50,23 @@ uint32_t us_csum_partial(const uint8_t *buf, size_t off, size_t len, uint32_t su
     if (len >= 4) {
         uint32_t v;
         memcpy(&v, p, 4);
-        acc += v;
+        acc += v; acc += (acc < v);
         p += 4; len -= 4;
     }
     if (len >= 2) {
         uint16_t v;
         memcpy(&v, p, 2);
-        acc += v;
+        acc += v; acc += (acc < v);
         p += 2; len -= 2;
     }
     if (len) {
         /* a trailing byte is the high half of a zero-padded word */
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        acc += *p;
+        uint64_t v = *p;
 #else
-        acc += (uint64_t)*p << 8;
+        uint64_t v = (uint64_t)*p << 8;
 #endif
+        acc += v; acc += (acc < v);
     }
     uint64_t total = (uint64_t)native_to_net16(fold64(acc)) + sum;
     return fold64(total);

@@ -73,3 +73,10 @@ def test_pseudo_sum_chained_equals_reference(
 def test_checksum_range_outside_buffer_raises():
     with pytest.raises(ValueError, match="outside a buffer"):
         checksum(b"abc", 2, 2)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 12, 13, 14, 15, 31, 63])
+def test_checksum_all_ones_tail_keeps_carry(n: int):
+    # a run of 0xff drives the 64-bit accumulator to its wrap point before the tail
+    data = b"\xff" * n
+    assert checksum_partial(data, 0, n) == ref_sum(data)

@@ -12,11 +12,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ustack.wire.arp import ARP_LEN, OP_REQUEST, ArpPacket, emit_arp, parse_arp
-from ustack.wire.checksum import checksum_partial
 from ustack.wire.drop import Drop
 from ustack.wire.ethernet import (
     ETH_HLEN,
@@ -232,7 +231,6 @@ def test_fuzz_unmutated_frame_parses_every_layer(proto, payload, kind):
     frame = valid_frame(proto, payload)
     l4 = bytes(frame[ETH_HLEN + IPV4_HLEN :])
     # Skip the inputs hit by the ext/checksum.c carry bug pinned in test_wire_icmp.py.
-    assume(proto == 0 or checksum_partial(l4, 0, len(l4)) == ref_sum(l4))
     got = parse_frame(as_buffer(bytes(frame), kind), len(frame))
     if proto == 0:
         assert got == ArpPacket(OP_REQUEST, MAC_A, SRC, bytes(6), DST)

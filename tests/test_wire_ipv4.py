@@ -5,12 +5,11 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP, IPOption_RR, fragment
 from scapy.layers.l2 import Ether
 
-from ustack.wire.checksum import checksum_partial
 from ustack.wire.drop import Drop
 from ustack.wire.ethernet import ETH_HLEN
 from ustack.wire.ipv4 import (
@@ -35,11 +34,6 @@ def ref_checksum(data: bytes) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
-
-
-def c_sum_is_exact(data: bytes) -> bool:
-    """Whether ext/checksum.c sums `data` right; see the xfail test in test_wire_icmp.py."""
-    return (~checksum_partial(data, 0, len(data)) & 0xFFFF) == ref_checksum(data)
 
 
 def header(
@@ -352,7 +346,6 @@ def test_ipv4_emit_parse_random_fields_round_trip(
         tos=tos,
     )
     hdr = bytes(buf[off : off + IPV4_HLEN])
-    assume(c_sum_is_exact(hdr[:10] + bytes(2) + hdr[12:]) and c_sum_is_exact(hdr))
     assert ref_checksum(hdr) == 0
     got = parse_ipv4(bytes(buf), off, IPV4_HLEN + payload_len)
     if mf and (payload_len == 0 or payload_len % 8):

@@ -6,11 +6,10 @@ import struct
 from typing import Any
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 
-from ustack.wire.checksum import checksum_partial
 from ustack.wire.drop import Drop
 from ustack.wire.ipv4 import IPV4_HLEN, PROTO_UDP, emit_ipv4
 from ustack.wire.udp import UDP_HLEN, UdpHeader, emit_udp, parse_udp
@@ -31,11 +30,6 @@ def ref_sum(data: bytes, initial: int = 0) -> int:
 def ref_udp_checksum_ok(src: int, dst: int, datagram: bytes) -> bool:
     pseudo = struct.pack("!IIBBH", src, dst, 0, PROTO_UDP, len(datagram))
     return ref_sum(pseudo + datagram) == 0xFFFF
-
-
-def c_sum_is_exact(data: bytes) -> bool:
-    """Whether ext/checksum.c sums `data` right; see the xfail test in test_wire_icmp.py."""
-    return checksum_partial(data, 0, len(data)) == ref_sum(data)
 
 
 def scapy_udp(payload: bytes = b"hello", **kw: Any) -> bytes:
@@ -174,8 +168,6 @@ def test_udp_emit_parse_random_fields_round_trip(sport, dport, src, dst, payload
         memoryview(buf), off, sport=sport, dport=dport, payload_len=len(payload), src=src, dst=dst
     )
     datagram = bytes(buf[off : off + n])
-    unsummed = datagram[:6] + bytes(2) + datagram[8:]
-    assume(c_sum_is_exact(unsummed) and c_sum_is_exact(datagram))
     assert ref_udp_checksum_ok(src, dst, datagram)
     (field,) = struct.unpack_from("!H", datagram, 6)
     assert field != 0
