@@ -38,6 +38,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.name)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ustack.serve import serve
+
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ustack", description="userspace TCP/IP stack over TAP")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("up", _cmd_up, "create the namespaces, TAP and veth of a topology")
     add("down", _cmd_down, "remove a topology")
     add("demo", _cmd_demo, "bring a topology up, show the ring at work, tear it down")
+    serve = add("serve", _cmd_serve, "run a server on ustack")
+    serve.add_argument("app", choices=["udp-echo"], help="which server")
+    serve.add_argument("--port", type=int, default=7, help="port (default: %(default)s)")
+    serve.add_argument("--addr", default="198.18.0.2/24", help="our address (default: %(default)s)")
+    serve.add_argument("--gateway", default=None, help="default gateway")
+    serve.add_argument(
+        "--poll", choices=["busy", "interrupt", "hybrid"], default="hybrid", help="polling mode"
+    )
+    serve.add_argument("--pcap", default=None, help="record every frame in and out to FILE")
     return parser
 
 
@@ -60,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rc: int = args.func(args)
-    except (UstackError, OSError) as exc:
+    except (UstackError, OSError, ValueError) as exc:
         print(f"ustack {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
-    from ustack.dev.ring import Ring
+    from ustack.dev.base import FrameDevice
 
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
@@ -42,12 +42,12 @@ class PcapWriter:
         self._file.write(frame[:incl])
         self.frames += 1
 
-    def write_rx(self, ring: Ring, n: int) -> None:
+    def write_rx(self, ring: FrameDevice, n: int) -> None:
         now = time.time_ns()
         for i in range(n):
             self.write_frame(ring.frame(i), now)
 
-    def write_tx(self, ring: Ring, n: int) -> None:
+    def write_tx(self, ring: FrameDevice, n: int) -> None:
         now = time.time_ns()
         pool = ring.pool
         for i in range(n):

@@ -1,0 +1,169 @@
+"""The Context: one device queue, one Stack, their timers, driven by one thread.
+
+Network processing happens when the application asks for more work (the
+Kernel Polling model): `poll(timeout)` runs receive bursts and timers and
+returns the sockets that became readable.  What it does when there is no
+work is the polling mode:
+
+- ``busy``: spin on rx_burst until the timeout; lowest latency, one core
+  at 100%.
+- ``interrupt``: block in epoll on the TAP fd as soon as a burst comes
+  back empty (the classic kernel model).
+- ``hybrid`` (default): keep polling while frames keep arriving; after
+  `idle_polls` empty polls in a row, arm the fd and block.
+
+Each burst is limited to `budget` frames (NAPI's budget) so that a flood
+cannot starve the application of the frames already delivered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ustack.dev.base import FrameDevice
+from ustack.errors import UstackError
+from ustack.stack.stack import Stack
+from ustack.stack.udp import UdpSocket
+
+POLL_MODES = ("busy", "interrupt", "hybrid")
+
+
+class WrongThreadError(UstackError, RuntimeError):
+    """A Context was used from a thread other than the one that created it."""
+
+
+@dataclass
+class LoopCounters:
+    polls: int = 0
+    empty_polls: int = 0
+    sleeps: int = 0
+    wakeups: int = 0
+    frames: int = 0
+    timer_runs: int = 0
+
+    @property
+    def frames_per_burst(self) -> float:
+        busy = self.polls - self.empty_polls
+        return self.frames / busy if busy else 0.0
+
+
+def monotonic_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+class Context:
+    """Drives a Stack over a device; confined to the thread that made it."""
+
+    def __init__(
+        self,
+        device: FrameDevice,
+        stack: Stack,
+        *,
+        poll: str = "hybrid",
+        budget: int = 64,
+        idle_polls: int = 64,
+        clock: Callable[[], int] = monotonic_us,
+    ) -> None:
+        if poll not in POLL_MODES:
+            raise ValueError(f"poll mode must be one of {', '.join(POLL_MODES)}, got {poll!r}")
+        if budget < 1:
+            raise ValueError(f"budget must be at least 1 frame, got {budget}")
+        self.device = device
+        self.stack = stack
+        self.mode = poll
+        self.budget = budget
+        self.idle_polls = idle_polls
+        self.clock = clock
+        self.counters = LoopCounters()
+        self._thread = threading.get_ident()
+        self._idle = 0
+        self._started = False
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self._thread:
+            raise WrongThreadError(
+                "a ustack Context belongs to the thread that created it; "
+                "create one Context per thread"
+            )
+
+    def start(self) -> None:
+        self._check_thread()
+        if not self._started:
+            self._started = True
+            self.stack.start(self.clock())
+            self.stack.flush()
+
+    def poll_once(self) -> int:
+        """One receive burst, due timers and one flush; returns frames received."""
+        dev = self.device
+        stack = self.stack
+        c = self.counters
+        c.polls += 1
+        n = dev.rx_burst(self.budget)
+        now = self.clock()
+        if n:
+            c.frames += n
+            stack.process(n, now)
+            self._idle = 0
+        else:
+            c.empty_polls += 1
+            self._idle += 1
+        deadline = stack.next_deadline_us()
+        if deadline is not None and now >= deadline:
+            c.timer_runs += 1
+            stack.on_timer(now)
+        stack.flush()
+        return n
+
+    def poll(self, timeout: float | None = None) -> list[UdpSocket]:
+        """Process the network until some socket is ready or timeout seconds pass.
+
+        Returns the sockets that became readable (and clears the list).
+        timeout None waits for ever; 0 polls once.
+        """
+        self._check_thread()
+        if not self._started:
+            self.start()
+        stack = self.stack
+        end = None if timeout is None else self.clock() + int(timeout * 1_000_000)
+        while True:
+            self.poll_once()
+            if stack.ready:
+                ready = stack.ready
+                stack.ready = []
+                return ready
+            now = self.clock()
+            if end is not None and now >= end:
+                return []
+            if self.mode == "busy" or (self.mode == "hybrid" and self._idle < self.idle_polls):
+                continue
+            self._sleep(now, end)
+
+    def _sleep(self, now: int, end: int | None) -> None:
+        wake = end
+        deadline = self.stack.next_deadline_us()
+        if deadline is not None:
+            wake = deadline if wake is None else min(wake, deadline)
+        timeout_ms = -1 if wake is None else max(0, (wake - now + 999) // 1000)
+        # A blocking wait with no end would not see signals in a timely way.
+        if timeout_ms < 0 or timeout_ms > 1000:
+            timeout_ms = 1000
+        self.counters.sleeps += 1
+        if self.device.wait(timeout_ms):
+            self.counters.wakeups += 1
+        self._idle = 0
+
+    def stats(self) -> dict[str, int | float]:
+        c = self.counters
+        return {
+            "loop_polls": c.polls,
+            "loop_empty_polls": c.empty_polls,
+            "loop_sleeps": c.sleeps,
+            "loop_wakeups": c.wakeups,
+            "loop_frames": c.frames,
+            "loop_timer_runs": c.timer_runs,
+            "loop_frames_per_burst": round(c.frames_per_burst, 2),
+        }
