@@ -127,12 +127,19 @@ class Stack:
 
     def on_timer(self, now_us: int) -> None:
         self._now_us = now_us
-        ips, failed = self.neighbours.poll(now_us)
+        self._poll_neighbours()
+        self.reassembler.expire(now_us)
+
+    def _poll_neighbours(self) -> None:
+        """Send due ARP requests; free the slots of packets whose resolution failed."""
+        neighbours = self.neighbours
+        ips, failed = neighbours.poll(self._now_us)
         for ip in ips:
-            self._send_arp(OP_REQUEST, BROADCAST_MAC, bytes(6), ip)
+            # Re-validating a known neighbour is unicast (RFC 1122 2.3.2.1).
+            known = neighbours.request_target(ip)
+            self._send_arp(OP_REQUEST, known or BROADCAST_MAC, bytes(6), ip)
         for slot, _length in failed:
             self.dev.tx_free(slot)
-        self.reassembler.expire(now_us)
 
     def next_deadline_us(self) -> int | None:
         a = self.neighbours.next_deadline_us()
@@ -480,9 +487,7 @@ class Stack:
             dev.tx_free(slot)
             return False
         # The first request goes out now rather than at the next timer tick.
-        ips, _ = self.neighbours.poll(self._now_us)
-        for ip in ips:
-            self._send_arp(OP_REQUEST, BROADCAST_MAC, bytes(6), ip)
+        self._poll_neighbours()
         return True
 
     def _send_arp(self, op: int, eth_dst: bytes, tha: bytes, tpa: int) -> None:
