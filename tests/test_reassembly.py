@@ -38,7 +38,7 @@ ZERO = {
     "ipv4_reasm_ok": 0,
     "ipv4_frag_duplicate": 0,
     "drop_ipv4_frag_overlap": 0,
-    "drop_ipv4_frag_too_big": 0,
+    "drop_ipv4_frag_oversize": 0,
     "drop_ipv4_frag_bad_length": 0,
     "drop_ipv4_frag_timeout": 0,
     "drop_ipv4_frag_table_full": 0,
@@ -449,7 +449,7 @@ def test_fragment_ending_beyond_max_payload_is_too_big_and_datagram_kept():
     off = 65512  # 65512 + 8 > 65515
     assert r.on_fragment(KEY, off, False, b"x" * 8, T0) == DROP_TOO_BIG
     assert len(r) == 1 and r.bytes_held == 800
-    assert r.counters == counts(ipv4_frag_received=2, drop_ipv4_frag_too_big=1)
+    assert r.counters == counts(ipv4_frag_received=2, drop_ipv4_frag_oversize=1)
 
 
 def test_fragment_ending_exactly_at_max_payload_is_accepted():
@@ -470,7 +470,7 @@ def test_head_with_options_makes_held_end_too_big_discards_datagram():
     assert r.on_fragment(KEY, 65488, False, b"x" * 12, T0) is None
     assert r.on_fragment(KEY, 0, True, payload(800), T0, header_len=60) == DROP_TOO_BIG
     assert len(r) == 0
-    assert r.counters == counts(ipv4_frag_received=2, drop_ipv4_frag_too_big=1)
+    assert r.counters == counts(ipv4_frag_received=2, drop_ipv4_frag_oversize=1)
 
 
 def test_head_with_options_limits_later_fragments():

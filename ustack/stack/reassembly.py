@@ -38,14 +38,14 @@ Two kinds of bad fragment are told apart:
 - Malformed on its own: a non-last fragment whose length is not a positive
   multiple of 8 (RFC 791 3.2), or data reaching beyond the largest payload
   its own header allows (`max_datagram_len - header_len`).  Only that
-  fragment is dropped ("drop_ipv4_frag_bad_length", "drop_ipv4_frag_too_big");
+  fragment is dropped ("drop_ipv4_frag_bad_length", "drop_ipv4_frag_oversize");
   the datagram it names is left alone, since such a fragment says nothing
   reliable about it.
 - Inconsistent with what is held: a second last fragment with a different
   end, data beyond a known end, a last fragment that ends before data already
   held ("drop_ipv4_frag_bad_length"), or a datagram whose length plus the
   header length of its fragment at offset 0 exceeds `max_datagram_len`
-  ("drop_ipv4_frag_too_big"; that header is the one the reassembled datagram
+  ("drop_ipv4_frag_oversize"; that header is the one the reassembled datagram
   keeps, RFC 791 3.2).  As with overlaps, the whole datagram is discarded.
 
 A fragment with offset 0 and MF=0 is not a fragment at all; it is returned
@@ -83,7 +83,7 @@ __all__ = [
     "DROP_OVERLAP",
     "DROP_TABLE_FULL",
     "DROP_TIMEOUT",
-    "DROP_TOO_BIG",
+    "DROP_OVERSIZE",
     "Reassembler",
 ]
 
@@ -95,7 +95,7 @@ DUPLICATE = "ipv4_frag_duplicate"
 """Exact duplicates ignored."""
 DROP_OVERLAP = "drop_ipv4_frag_overlap"
 """Datagrams discarded because a fragment overlapped held data (RFC 5722 policy)."""
-DROP_TOO_BIG = "drop_ipv4_frag_too_big"
+DROP_OVERSIZE = "drop_ipv4_frag_oversize"
 """Fragments or datagrams that would make an IP datagram over `max_datagram_len`."""
 DROP_BAD_LENGTH = "drop_ipv4_frag_bad_length"
 """Bad non-last fragment lengths, and datagrams whose fragments disagree on the end."""
@@ -111,7 +111,7 @@ _COUNTERS = (
     REASM_OK,
     DUPLICATE,
     DROP_OVERLAP,
-    DROP_TOO_BIG,
+    DROP_OVERSIZE,
     DROP_BAD_LENGTH,
     DROP_TIMEOUT,
     DROP_TABLE_FULL,
@@ -250,8 +250,8 @@ class Reassembler:
             counters[DROP_BAD_LENGTH] += 1
             return DROP_BAD_LENGTH
         if end > self._max_len - header_len:
-            counters[DROP_TOO_BIG] += 1
-            return DROP_TOO_BIG
+            counters[DROP_OVERSIZE] += 1
+            return DROP_OVERSIZE
 
         table = self._table
         dg = table.get(key)
@@ -283,7 +283,7 @@ class Reassembler:
         elif not mf and end < hole_first[-1]:
             return self._reject(key, dg, DROP_BAD_LENGTH)
         if end > dg.limit:
-            return self._reject(key, dg, DROP_TOO_BIG)
+            return self._reject(key, dg, DROP_OVERSIZE)
 
         sets_end = not mf and dg.end < 0
         if sets_end:
@@ -303,7 +303,7 @@ class Reassembler:
                     limit = self._max_len - header_len
                     extent = dg.end if dg.end >= 0 else max(end, hole_first[-1])
                     if extent > limit:
-                        return self._reject(key, dg, DROP_TOO_BIG)
+                        return self._reject(key, dg, DROP_OVERSIZE)
                     dg.limit = limit
                 if self._bytes + n > self._max_bytes:
                     self.expire(now_us)
