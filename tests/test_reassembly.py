@@ -19,9 +19,9 @@ from ustack.stack.reassembly import (
     DROP_BAD_LENGTH,
     DROP_MEMORY,
     DROP_OVERLAP,
+    DROP_OVERSIZE,
     DROP_TABLE_FULL,
     DROP_TIMEOUT,
-    DROP_TOO_BIG,
     Reassembler,
 )
 
@@ -447,7 +447,7 @@ def test_fragment_ending_beyond_max_payload_is_too_big_and_datagram_kept():
     r = Reassembler()
     r.on_fragment(KEY, 0, True, payload(800), T0)
     off = 65512  # 65512 + 8 > 65515
-    assert r.on_fragment(KEY, off, False, b"x" * 8, T0) == DROP_TOO_BIG
+    assert r.on_fragment(KEY, off, False, b"x" * 8, T0) == DROP_OVERSIZE
     assert len(r) == 1 and r.bytes_held == 800
     assert r.counters == counts(ipv4_frag_received=2, drop_ipv4_frag_oversize=1)
 
@@ -460,7 +460,7 @@ def test_fragment_ending_exactly_at_max_payload_is_accepted():
 
 def test_fragment_too_big_for_its_own_options_header_is_dropped():
     r = Reassembler()
-    assert r.on_fragment(KEY, 65480, False, b"x" * 20, T0, header_len=60) == DROP_TOO_BIG
+    assert r.on_fragment(KEY, 65480, False, b"x" * 20, T0, header_len=60) == DROP_OVERSIZE
     assert len(r) == 0
 
 
@@ -468,7 +468,7 @@ def test_head_with_options_makes_held_end_too_big_discards_datagram():
     # 65500 bytes of payload is fine behind a 20-byte header, not behind 60.
     r = Reassembler()
     assert r.on_fragment(KEY, 65488, False, b"x" * 12, T0) is None
-    assert r.on_fragment(KEY, 0, True, payload(800), T0, header_len=60) == DROP_TOO_BIG
+    assert r.on_fragment(KEY, 0, True, payload(800), T0, header_len=60) == DROP_OVERSIZE
     assert len(r) == 0
     assert r.counters == counts(ipv4_frag_received=2, drop_ipv4_frag_oversize=1)
 
@@ -476,14 +476,14 @@ def test_head_with_options_makes_held_end_too_big_discards_datagram():
 def test_head_with_options_limits_later_fragments():
     r = Reassembler()
     assert r.on_fragment(KEY, 0, True, payload(800), T0, header_len=60) is None
-    assert r.on_fragment(KEY, 65488, False, b"x" * 12, T0) == DROP_TOO_BIG
+    assert r.on_fragment(KEY, 65488, False, b"x" * 12, T0) == DROP_OVERSIZE
     assert len(r) == 0
 
 
 def test_custom_max_datagram_len_limits_payload():
     r = Reassembler(max_datagram_len=1500)
     data = payload(1480)
-    assert r.on_fragment(KEY, 1480, False, b"x", T0) == DROP_TOO_BIG
+    assert r.on_fragment(KEY, 1480, False, b"x", T0) == DROP_OVERSIZE
     assert r.on_fragment(KEY, 800, False, data[800:], T0) is None
     assert r.on_fragment(KEY, 0, True, data[:800], T0) == data
 
@@ -709,7 +709,7 @@ class Model:
         if mf and (n == 0 or n % 8):
             return self.drop(DROP_BAD_LENGTH)
         if e > 65535 - hlen:
-            return self.drop(DROP_TOO_BIG)
+            return self.drop(DROP_OVERSIZE)
         if key in self.dgs and self.dgs[key].deadline <= now:
             del self.dgs[key]
             c[DROP_TIMEOUT] += 1
@@ -733,7 +733,7 @@ class Model:
         elif not mf and e < data_end:
             return self.drop(DROP_BAD_LENGTH, key)
         if e > dg.limit:
-            return self.drop(DROP_TOO_BIG, key)
+            return self.drop(DROP_OVERSIZE, key)
         sets_end = not mf and dg.end is None
         if sets_end:
             dg.end = e
@@ -748,7 +748,7 @@ class Model:
             if off == 0:
                 extent = dg.end if dg.end is not None else max(data_end, e)
                 if extent > 65535 - hlen:
-                    return self.drop(DROP_TOO_BIG, key)
+                    return self.drop(DROP_OVERSIZE, key)
                 dg.limit = 65535 - hlen
             if self.held() + n > self.max_bytes:
                 self.expire(now)
