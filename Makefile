@@ -31,8 +31,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard ext/*.c ext/*.h ext/*.py) | deps
 	touch $(STAMP)
 
 lint: setup
-	$(VENV)/bin/ruff check ustack tests tools ext
-	$(VENV)/bin/ruff format --check ustack tests tools ext
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 test: setup lint

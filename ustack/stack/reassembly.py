@@ -81,9 +81,9 @@ __all__ = [
     "DROP_BAD_LENGTH",
     "DROP_MEMORY",
     "DROP_OVERLAP",
+    "DROP_OVERSIZE",
     "DROP_TABLE_FULL",
     "DROP_TIMEOUT",
-    "DROP_OVERSIZE",
     "Reassembler",
 ]
 
