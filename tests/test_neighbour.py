@@ -238,11 +238,11 @@ def test_none_request_for_us_learns_reachable_and_needs_reply():
     assert nonzero(cache) == {"arp_learned": 1}
 
 
-def test_none_reply_for_us_learns_reachable_without_reply():
+def test_none_unsolicited_reply_for_us_creates_no_entry():
     cache: NeighbourCache[str] = NeighbourCache()
     assert cache.on_arp(REPLY, MAC_P, PEER, OUR, OUR, T0) == (False, [])
-    assert cache.entries() == [(PEER, MAC_P, "REACHABLE")]
-    assert nonzero(cache) == {"arp_learned": 1}
+    assert len(cache) == 0
+    assert nonzero(cache) == {}
 
 
 def test_none_arp_for_other_host_creates_no_entry():

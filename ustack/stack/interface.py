@@ -26,10 +26,10 @@ def random_mac() -> bytes:
 
 def parse_cidr(text: str) -> tuple[int, int]:
     """'198.18.0.2/24' -> (address, prefix length); a bare address means /32."""
-    addr, _, plen = text.partition("/")
+    addr, slash, plen = text.partition("/")
     prefix = 32
-    if plen:
-        if not plen.isdigit() or not 0 <= int(plen) <= 32:
+    if slash:
+        if not (plen.isascii() and plen.isdigit()) or not 0 <= int(plen) <= 32:
             raise ValueError(f"bad prefix length in {text!r}: expected /0 to /32")
         prefix = int(plen)
     return ip_from_str(addr), prefix
@@ -89,7 +89,7 @@ class Interface:
 
     def next_hop(self, dst: int) -> int | None:
         """Where to send a datagram for dst on the link, or None if unroutable."""
-        if dst & self.netmask == self.network:
+        if dst & self.netmask == self.network or dst == 0xFFFFFFFF:
             return dst
         return self.gateway
 

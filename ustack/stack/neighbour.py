@@ -46,8 +46,9 @@ answers our request; a request for us shows the host is up and about to
 talk to us, and treating it as confirmation spares a probe before our
 first answer to it.  Anything else only says where spa was a moment ago.
 
-  addressed to us, no entry    -> REACHABLE (learning; RFC 826 "Am I the
+  request for us, no entry     -> REACHABLE (learning; RFC 826 "Am I the
                                   target protocol address?" -> add the triplet)
+  reply to us, no entry        -> nothing: we did not ask (Linux, arp_accept=0)
   addressed to us, any entry   -> REACHABLE with sha (RFC 826 merge)
   not to us, no entry          -> nothing: ARP chatter between other hosts,
                                   gratuitous ARP included, never grows the table
@@ -335,7 +336,10 @@ class NeighbourCache(Generic[T]):
 
         entry = self._entries.get(spa)
         if entry is None:
-            if not for_us:
+            # Only a request for us creates an entry; an unsolicited reply
+            # does not (Linux's arp_accept=0), so nobody can fill the table
+            # by answering questions we never asked.
+            if not reply_needed:
                 return reply_needed, []
             if len(self._entries) >= self.max_entries and not self._make_room(now_us):
                 self.counters["arp_table_full"] += 1

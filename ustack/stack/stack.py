@@ -65,6 +65,9 @@ _ETH_MIN_FRAME = 60  # without FCS (IEEE 802.3); the TAP does not pad for us
 _L3 = ETH_HLEN
 _L4 = ETH_HLEN + IPV4_HLEN
 _CSUM_VOUCHED = VNET_F_DATA_VALID | VNET_F_NEEDS_CSUM
+# Where a datagram's IP header is, for quoting it in an ICMP error.
+_REASSEMBLED = -1  # not in the buffer: rebuild it
+_NO_ERROR = -2  # the datagram must not cause an ICMP error at all
 
 
 def _martian_source(src: int) -> bool:
@@ -85,6 +88,11 @@ class Stack:
         reassembler: Reassembler | None = None,
         icmp_limit: TokenBucket | None = None,
     ) -> None:
+        if iface.mtu + ETH_HLEN > device.tx_capacity:
+            raise ValueError(
+                f"MTU {iface.mtu} does not fit the device's {device.tx_capacity}-byte slots; "
+                "open the device with a larger slot_size or lower the MTU"
+            )
         self.dev = device
         self.iface = iface
         # A neighbour queue may hold at most a quarter of the transmit slots,
@@ -187,14 +195,15 @@ class Stack:
             c[eth] += 1
             return
         dst = eth.dst
-        if dst != self.iface.mac and dst != BROADCAST_MAC:
+        broadcast = dst == BROADCAST_MAC
+        if not broadcast and dst != self.iface.mac:
             c["drop_eth_not_for_us"] += 1
             return
         if eth.src[0] & 1:
             c["drop_eth_bad_source"] += 1
             return
         if eth.ethertype == ETHERTYPE_IPV4:
-            self._input_ipv4(buf, off + ETH_HLEN, length - ETH_HLEN, vouched)
+            self._input_ipv4(buf, off + ETH_HLEN, length - ETH_HLEN, vouched, broadcast)
         elif eth.ethertype == ETHERTYPE_ARP:
             self._input_arp(buf, off + ETH_HLEN, length - ETH_HLEN, eth.src)
         else:
@@ -231,7 +240,9 @@ class Stack:
                 emit_ethernet(pool, dev.tx_offset(slot), dst_mac, mac, ETHERTYPE_IPV4)
                 dev.tx_submit(slot, frame_len)
 
-    def _input_ipv4(self, buf: memoryview, off: int, length: int, vouched: bool) -> None:
+    def _input_ipv4(
+        self, buf: memoryview, off: int, length: int, vouched: bool, link_broadcast: bool
+    ) -> None:
         c = self.counters
         c["ipv4_in_receives"] += 1
         h = parse_ipv4(buf, off, length, not vouched)
@@ -241,13 +252,13 @@ class Stack:
         if not self.iface.is_local(h.dst):
             c["drop_ipv4_not_for_us"] += 1
             return
-        if _martian_source(h.src):
+        if _martian_source(h.src) or h.src == self.iface.broadcast:
             c["drop_ipv4_martian_source"] += 1
             return
         data: bytes | bytearray | memoryview = buf
         poff = off + h.header_len
         plen = h.total_len - h.header_len
-        ip_off: int | None = off
+        ip_off = off
         if h.mf or h.frag_off:
             c["ipv4_frag_in"] += 1
             key = (h.src, h.dst, h.proto, h.ident)
@@ -259,12 +270,14 @@ class Stack:
             if isinstance(whole, str):
                 c[whole] += 1
                 return
-            data, poff, plen, ip_off = whole, 0, len(whole), None
+            data, poff, plen, ip_off = whole, 0, len(whole), _REASSEMBLED
             vouched = False
         c["ipv4_in_delivers"] += 1
         proto = h.proto
+        # RFC 1122 3.2.2: no ICMP error about a link-layer broadcast.
+        quote = _NO_ERROR if link_broadcast else ip_off
         if proto == PROTO_UDP:
-            self._input_udp(h, data, poff, plen, ip_off, vouched)
+            self._input_udp(h, data, poff, plen, quote, vouched)
         elif proto == PROTO_ICMP:
             self._input_icmp(h, data, poff, plen)
         else:
@@ -273,7 +286,7 @@ class Stack:
                 handler(h, data, poff, plen, self._now_us)
             else:
                 c["drop_ipv4_unknown_protocol"] += 1
-                self._icmp_error(UNREACH_PROTOCOL, h, data, ip_off, poff, plen)
+                self._icmp_error(UNREACH_PROTOCOL, h, data, quote, poff, plen)
 
     def _input_udp(
         self,
@@ -281,7 +294,7 @@ class Stack:
         buf: bytes | bytearray | memoryview,
         off: int,
         length: int,
-        ip_off: int | None,
+        ip_off: int,
         vouched: bool,
     ) -> None:
         c = self.counters
@@ -510,20 +523,24 @@ class Stack:
         code: int,
         h: IPv4Header,
         buf: bytes | bytearray | memoryview,
-        ip_off: int | None,
+        ip_off: int,
         poff: int,
         plen: int,
     ) -> None:
-        """Destination unreachable about datagram h, unless RFC 1122 3.2.2 forbids it."""
+        """Destination unreachable about datagram h, unless RFC 1122 3.2.2 forbids it.
+
+        ip_off is where h's header starts in buf, or _REASSEMBLED when buf
+        holds only the reassembled payload, or _NO_ERROR to send nothing.
+        """
         c = self.counters
-        if h.dst != self.iface.addr or h.frag_off:
+        if ip_off == _NO_ERROR or h.dst != self.iface.addr:
             return
         if h.proto == PROTO_ICMP and plen >= 1 and buf[poff] not in (ECHO_REQUEST, 13, 15, 17):
             return  # never an error about an error
         if not self.icmp_limit.take(self._now_us):
             c["icmp_out_rate_limited"] += 1
             return
-        if ip_off is not None:
+        if ip_off >= 0:
             original: bytes | bytearray | memoryview = buf[ip_off : poff + plen]
         else:
             # Reassembled: rebuild a plain header to quote in front of the data.
