@@ -64,3 +64,17 @@ class Drop(enum.StrEnum):
     """UDP length below 8 or beyond the IP payload."""
     UDP_BAD_CHECKSUM = "drop_udp_bad_checksum"
     """Non-zero checksum that does not verify over pseudo header and datagram."""
+
+    # TCP (RFC 9293 3.1; options: RFC 9293 3.7.1, RFC 7323, RFC 2018)
+    TCP_TRUNCATED = "drop_tcp_truncated"
+    """Fewer than the 20 bytes of a TCP header."""
+    TCP_BAD_DATA_OFFSET = "drop_tcp_bad_data_offset"
+    """Data offset below 5 words, or a header longer than the segment."""
+    TCP_BAD_CHECKSUM = "drop_tcp_bad_checksum"
+    """Checksum over pseudo header, header and data does not verify."""
+    TCP_BAD_PORT = "drop_tcp_bad_port"
+    """Source or destination port 0: reserved in the IANA registry, no socket has it."""
+    TCP_BAD_FLAGS = "drop_tcp_bad_flags"
+    """SYN with FIN or RST, or none of ACK, SYN, RST (see ustack/wire/tcp.py)."""
+    TCP_BAD_OPTION = "drop_tcp_bad_option"
+    """An option length below 2 or past the header, or a known option of the wrong length."""

@@ -1,0 +1,1 @@
+"""Sans-IO TCP: sequence arithmetic, control block, congestion control and timers, no I/O."""
