@@ -272,12 +272,19 @@ int us_rx_burst(struct us_ring *r, uint32_t max)
                 c[US_RX_BYTES] += bytes;
                 return -e;
             }
-            /* EFAULT/EINVAL: the frame did not fit the slot; the kernel
-             * has already consumed it. */
+            /* EFAULT/EINVAL: the frame (or its vnet header) did not fit;
+             * the kernel has already consumed it. */
             if (e == EFAULT || e == EINVAL)
                 c[US_DROP_RX_TRUNCATED]++;
             else
                 c[US_DROP_RX_ERROR]++;
+            continue;
+        }
+        if ((size_t)got >= cap) {
+            /* tun_chr_read_iter cuts a frame to the buffer and returns the
+             * buffer's length, so a full buffer means the frame was longer
+             * than a slot. */
+            c[US_DROP_RX_TRUNCATED]++;
             continue;
         }
         if (got < vlen || got - vlen < 14) {

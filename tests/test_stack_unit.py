@@ -867,6 +867,7 @@ def test_icmp_unknown_type_gets_no_reply(peer_host: Host):
         "240.0.0.1",
         "255.255.255.255",
         SUBNET_BCAST,  # RFC 1122 3.2.1.3: {<Network-number>, -1} is never a source
+        "198.18.0.2",  # our own address arriving from the wire (a spoof or a loop)
     ],
 )
 def test_martian_source_dropped_and_counted(peer_host: Host, src: str):

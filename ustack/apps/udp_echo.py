@@ -23,6 +23,8 @@ def serve_udp_echo(ctx: Context, port: int, should_stop: Callable[[], bool]) -> 
             for ready in ctx.poll(0.5):
                 while ready.readable:
                     data, addr = ready.recvfrom(MAX_DATAGRAM)
+                    if addr[1] == 0:
+                        continue  # RFC 768: source port 0 means no reply is wanted
                     ready.sendto(data, addr)
                     echoed += 1
     finally:

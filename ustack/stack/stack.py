@@ -252,7 +252,7 @@ class Stack:
         if not self.iface.is_local(h.dst):
             c["drop_ipv4_not_for_us"] += 1
             return
-        if _martian_source(h.src) or h.src == self.iface.broadcast:
+        if _martian_source(h.src) or h.src == self.iface.broadcast or h.src == self.iface.addr:
             c["drop_ipv4_martian_source"] += 1
             return
         data: bytes | bytearray | memoryview = buf
@@ -263,13 +263,15 @@ class Stack:
             c["ipv4_frag_in"] += 1
             key = (h.src, h.dst, h.proto, h.ident)
             whole = self.reassembler.on_fragment(
-                key, h.frag_off, h.mf, buf[poff : poff + plen], self._now_us
+                key,
+                h.frag_off,
+                h.mf,
+                buf[poff : poff + plen],
+                self._now_us,
+                header_len=h.header_len,
             )
-            if whole is None:
-                return
-            if isinstance(whole, str):
-                c[whole] += 1
-                return
+            if whole is None or isinstance(whole, str):
+                return  # waiting for more, or dropped (the reassembler counts it)
             data, poff, plen, ip_off = whole, 0, len(whole), _REASSEMBLED
             vouched = False
         c["ipv4_in_delivers"] += 1
