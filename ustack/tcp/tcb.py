@@ -1,0 +1,1691 @@
+"""The TCP control block: one connection's state machine (RFC 9293), sans-IO.
+
+Owns everything about one connection from the first SYN to CLOSED: the
+eleven states, the send and receive sequence spaces, the option
+negotiation (MSS, window scale and timestamps of RFC 7323, SACK-permitted
+of RFC 2018), retransmission with RFC 6298 timers, fast retransmit and
+NewReno recovery (RFC 5681, RFC 6582), flow control with silly window
+avoidance on both sides (RFC 9293 3.8.6), Nagle (RFC 896), delayed ACKs
+(RFC 1122 4.2.3.2, RFC 5681 4.2), zero-window probing, keepalive, PAWS
+(RFC 7323 5) and the blind-attack defences of RFC 5961.  It never reads a
+clock, never sleeps and never touches a device: time is the `now_us`
+argument (integer microseconds) and output is a list of `OutSegment`.
+
+Theory of operation
+-------------------
+
+A `Tcb` is made by one of two constructors and then driven by four calls,
+in the style of smoltcp's socket (`process`, `dispatch`, `poll_at`):
+
+  Tcb.connect(local, remote, iss, now_us, config)     active open: SYN-SENT
+  Tcb.accept_syn(local, remote, syn, iss, now_us, config)
+                                                      passive open from a SYN
+                                                      a listener accepted:
+                                                      SYN-RECEIVED
+
+  on_segment(seg, payload, now_us)   a segment for this 4-tuple arrived
+  on_timer(now_us)                   the deadline from poll_at() passed
+  dispatch(now_us) -> [OutSegment]   what to transmit now
+  poll_at() -> int | None            the next deadline, or None
+
+`on_segment` and `on_timer` only change state; `dispatch` turns state into
+segments.  The Stack calls `dispatch` once per connection at the end of
+every receive burst and after the application ran (ARCHITECTURE.md rule
+3), so one segment carries the ACK for everything the burst brought, and
+the reply data of the application rides on it.  A delayed or suppressed
+ACK is therefore just a flag (`ack now`, or a deadline) that `dispatch`
+reads; nothing is sent from inside `on_segment`.
+
+`local` and `remote` are (IPv4 address, port) pairs of ints.  `seg` is
+the parsed header (`ustack.wire.tcp.TcpSegment`); `payload` is the data,
+usually a memoryview into a receive slot that is only valid during the
+call: data that is kept is copied into the receive buffer before
+`on_segment` returns.  `OutSegment.payload` is the reverse: a view into
+the send buffer, valid until the next call that changes this Tcb (the
+Stack copies it into a transmit slot at once).  OutSegment holds no
+ports or addresses: the Stack has them from `local` and `remote`.
+
+The application side is `send`, `recv`, `recv_into`, `shutdown_write`,
+`close` and `abort`, and the properties `state`, `readable_bytes`,
+`send_space`, `eof` and `error`.  `recv` returns b"" both when nothing is
+readable yet and at end of stream; `eof` tells them apart.  Misuse
+(sending after shutdown_write, on a connection that failed or was never
+open) raises an OSError subclass with the errno a kernel socket gives.
+A peer that breaks the protocol never raises: its segment is dropped and
+counted in `counters` under a `TcpDrop` reason.  The Stack may free the
+Tcb once `state` is CLOSED and `dispatch` has been called.
+
+Sequence spaces
+---------------
+
+Fields carry RFC 9293's names and are compared only through `seq_*`
+(modulo 2**32).  As in BSD, `snd_nxt` is the next sequence number to send
+and `snd_max` the highest ever sent (+1): a retransmission timeout rewinds
+`snd_nxt` to `snd_una` and sends again from there (go-back-N, paced by the
+loss window of one segment that slow start reopens), while ACK
+acceptability and pure ACKs use `snd_max`.  The send buffer holds bytes
+from SND.UNA on (`sendbuf.SendBuffer`); the receive buffer holds readable
+bytes and, beyond RCV.NXT, out-of-order data in place (`recvbuf`).
+
+`rcv_adv` is the right edge of the window we last advertised; the window
+never moves left except by less than one scale unit when the buffer is
+nearly full (RFC 7323 2.4 rounding).  Receiver silly window avoidance
+(RFC 9293 3.8.6.2.2): the right edge moves only by at least
+min(buffer / 2, MSS), or not at all.
+
+Input (on_segment), in RFC 9293 3.10.7 order
+--------------------------------------------
+
+SYN-SENT follows 3.10.7.3 (an ACK outside (ISS, SND.NXT] is answered with
+<SEQ=SEG.ACK><CTL=RST>; a RST counts only with an acceptable ACK and gives
+ECONNREFUSED; a SYN without ACK is a simultaneous open: SYN-RECEIVED and a
+SYN-ACK).  The other states follow 3.10.7.4:
+
+0. PAWS (RFC 7323 5.3): a segment whose TSval is older than TS.Recent is
+   dropped and answered with an ACK, unless it is a RST.  TS.Recent older
+   than 24 days is no longer trusted (5.5).
+1. Sequence check with the acceptability table of 3.10.7.4.  Like Linux,
+   a bare FIN at RCV.NXT is accepted with a zero window, and a segment at
+   RCV.NXT with a zero window is accepted for its ACK (the data is dropped,
+   RFC 9293's "special allowance").  An unacceptable segment is answered
+   with an ACK; as in Linux, ACKs answering segments without data are
+   limited to one per `oow_ack_interval_us` so two confused peers cannot
+   loop.  In TIME-WAIT a retransmitted FIN is ACKed and restarts 2 MSL.
+2. RST (RFC 5961 3.2): exactly at RCV.NXT resets (ECONNRESET in the data
+   states, nothing for a connection the application already closed);
+   elsewhere in the window it draws a challenge ACK.  A RST in TIME-WAIT is
+   ignored (RFC 1337's fix for TIME-WAIT assassination, Linux's
+   tcp_rfc1337=1).
+3. (security/compartment: not applicable)
+4. SYN (RFC 5961 4.2): any SYN draws a challenge ACK, in or out of the
+   window, and is dropped.  One exception: in SYN-RECEIVED, a SYN with the
+   initial sequence number we already know is the peer retransmitting
+   because our SYN-ACK was lost; the SYN-ACK is sent again.  (RFC 9293
+   would return a passive SYN-RECEIVED connection to LISTEN on a SYN; the
+   challenge ACK is the safer reading and what Linux does after the
+   handshake.)
+5. ACK.  Without ACK: drop.  SYN-RECEIVED becomes ESTABLISHED on an ACK in
+   (SND.UNA, SND.MAX], and answers any other ACK with <SEQ=SEG.ACK><RST>.
+   Elsewhere (RFC 5961 5.2) an ACK outside [SND.UNA - MAX.SND.WND,
+   SND.MAX] drops the segment and draws a challenge ACK (RFC 9293 asks for
+   an ACK when SEG.ACK > SND.NXT too; Linux stays silent there); an old ACK
+   inside that range is a duplicate, ignored for acknowledgment but the
+   segment's data is processed.  New data acknowledged moves SND.UNA, frees
+   the send buffer, takes an RTT sample, feeds congestion control and
+   restarts the retransmission timer (RFC 6298 5.3).  The send window is
+   updated under the SND.WL1/SND.WL2 rule.  Our FIN acknowledged moves
+   FIN-WAIT-1 to FIN-WAIT-2, CLOSING to TIME-WAIT and LAST-ACK to CLOSED.
+   TS.Recent is updated here (RFC 7323 4.3), after the ACK was found valid.
+6. URG: ignored; urgent data is delivered inline as ordinary data.
+7. Text (ESTABLISHED, FIN-WAIT-1, FIN-WAIT-2): in-order data is copied to
+   the receive buffer, trimmed to the window; data beyond RCV.NXT is
+   copied to its place and remembered as a range (at most
+   `max_ooo_ranges`).  After close() any new data resets the connection
+   (RFC 2525 2.17, Linux).
+8. FIN, once everything before it has arrived (a FIN that comes early is
+   remembered and processed when the hole fills).
+
+Output (dispatch)
+-----------------
+
+In order: RST replies and an abort's RST; the SYN or SYN-ACK (also its
+retransmission); a fast retransmission of the first unacknowledged
+segment; new data and the FIN as windows allow; a zero-window or
+keepalive probe; a pure ACK if one is owed.  Every segment with ACK
+carries the current RCV.NXT, window and, once negotiated, timestamps and
+SACK blocks (most recent first, RFC 2018 4), so any of them settles an
+owed ACK.
+
+Sending data, per RFC 9293 3.7 and 3.8:
+- usable = min(SND.UNA + SND.WND - SND.NXT, cwnd - pipe), where pipe is
+  the bytes sent since SND.UNA minus one segment per duplicate ACK
+  (RFC 6582's accounting without window inflation: the first two
+  duplicate ACKs each let one new segment out, as RFC 3042 limited
+  transmit does).
+- A segment is at most `smss` bytes (the peer's MSS less our option
+  bytes), or, with `tso_max_bytes` above the MSS, up to that many bytes
+  rounded down to whole `smss` so the device cuts full segments.
+- A segment shorter than `smss` goes only if (Nagle, RFC 9293 3.7.4) no
+  data is unacknowledged, or `nodelay`, or a FIN is queued; and if more
+  data is waiting than it carries, only if it is at least half the
+  largest window the peer ever offered (sender SWS avoidance, 3.8.6.2.1).
+  Otherwise the persist timer's expiry overrides (the "override timeout").
+- The FIN rides on the last data segment, or goes alone, whatever the
+  windows say (Linux).
+
+Delayed ACK (Linux-like, documented here because behaviours differ):
+in-order data is ACKed when two full segments' worth (2 * rcv_mss bytes)
+has arrived since the last ACK, or after `delayed_ack_us`.  The ACK goes
+at once for: data out of order or beyond the window (RFC 5681 4.2), data
+that fills a hole (4.2), a duplicate or unacceptable segment, a FIN, and
+a window update after the application read: when the window we could
+offer is at least twice what is left of the advertised one, and that is
+at most half the maximum window (Linux's __tcp_cleanup_rbuf).  Linux's
+quick-ACK mode at the start of a connection is not imitated.
+
+Timers (one deadline each; `poll_at` is their minimum):
+- retransmission (RFC 6298): runs while data, SYN or FIN is
+  unacknowledged.  On expiry: back off, cwnd to one segment
+  (`on_rto`), rewind to SND.UNA.  The SYN is retried `syn_retries` times,
+  the SYN-ACK `synack_retries` times, data `max_retries` times (Linux's
+  tcp_retries2 = 15, counted per unacknowledged segment), and one more
+  expiry gives ETIMEDOUT.  With the peer's window at zero a timeout
+  resends the first segment anyway, as a probe, and the connection times
+  out only if the peer has said nothing for `max_rto_us` (Linux).
+- delayed ACK: `delayed_ack_us` after the first unacknowledged segment.
+- persist (RFC 9293 3.8.6.1): runs while data waits, nothing is in flight
+  and the window stops it; RTO-based with back-off up to `max_rto_us`.  On
+  expiry it sends what the window allows if it allows anything (the SWS
+  override), else a zero-window probe as Linux does: <SEQ=SND.UNA-1>, no
+  data, which every receiver answers with an ACK carrying its window.  A
+  peer that keeps answering is never timed out (RFC 9293 3.8.6.1).
+- keepalive (RFC 9293 3.8.4, off by default): after `keepalive_idle_us`
+  without receiving anything, probes <SEQ=SND.UNA-1> every
+  `keepalive_interval_us`; `keepalive_count` unanswered probes give
+  ETIMEDOUT.
+- TIME-WAIT: `time_wait_us` (2 MSL, 60 s as in Linux), restarted by a
+  retransmitted FIN; then CLOSED.  The same deadline serves FIN-WAIT-2
+  after close() (Linux's tcp_fin_timeout, `fin_wait2_timeout_us`), so an
+  orphan does not wait forever for the peer's FIN.
+
+RTT samples: one segment at a time is timed with microsecond precision
+and never a retransmitted one (Karn, RFC 6298 3).  With timestamps, an
+ACK of new data that ends no timing (because timing was cancelled by a
+retransmission, or covers data sent after it) gives a sample from TSecr
+(RFC 7323 4), in the 1 ms units of our TSval clock.
+
+Congestion control is the `congestion` module's (CUBIC by default);
+the Tcb tells it when data is ACKed, when fast retransmit starts and a
+full ACK ends recovery (NewReno, RFC 6582, with `recover` guarding
+against repeated fast retransmits after a timeout), on a timeout and
+after idle.  The retransmission timer is restarted by every partial ACK
+(RFC 6582 "slow but steady").  SACK blocks received are not used yet
+(recovery is NewReno even with SACK); SACK blocks are sent.
+
+Challenge ACKs (RFC 5961 7): a per-connection token bucket,
+`challenge_ack_per_s` (default 10) with the same burst.  Linux limits
+globally (tcp_challenge_ack_limit), which made the counter a side channel
+(CVE-2016-5696); a per-connection bucket leaks nothing across connections
+and still stops one connection from being used as an ACK amplifier.
+
+TIME-WAIT reuse (RFC 6191): `time_wait_reopen(syn)` says whether a SYN for
+this 4-tuple may start a new incarnation (its timestamp is newer than
+TS.Recent, or without timestamps its sequence number is beyond RCV.NXT)
+and returns an ISS for it above our old sequence space; the Stack then
+frees this Tcb and hands the SYN to the listener.
+
+Not implemented: urgent data (RFC 6093 deprecates it; URG is ignored),
+SACK-based loss recovery (RFC 6675) and D-SACK, ECN, path MTU discovery,
+data on SYN (it is ignored; the peer retransmits it), TCP Fast Open.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from ustack.tcp.congestion import DEFAULT_CONGESTION_CONTROL, CongestionControl
+from ustack.tcp.congestion import make_congestion_control as _make_cc
+from ustack.tcp.recvbuf import RecvBuffer
+from ustack.tcp.rtt import RttEstimator
+from ustack.tcp.sendbuf import SendBuffer
+from ustack.tcp.seq import seq_add, seq_ge, seq_gt, seq_le, seq_lt, seq_sub
+from ustack.wire.tcp import ACK, FIN, MAX_WSCALE, PSH, RST, SYN, TcpSegment
+from ustack.wire.types import Buffer, WritableBuffer
+
+__all__ = [
+    "DEFAULT_PEER_MSS",
+    "OutSegment",
+    "State",
+    "Tcb",
+    "TcpConfig",
+    "TcpDrop",
+]
+
+Endpoint = tuple[int, int]
+"""(IPv4 address, port), both ints."""
+
+DEFAULT_PEER_MSS: Final = 536
+"""MSS assumed when the peer's SYN has no MSS option (RFC 9293 3.7.1, RFC 1122 4.2.2.6)."""
+PAWS_IDLE_US: Final = 24 * 86_400 * 1_000_000
+"""RFC 7323 5.5: TS.Recent is invalid after 24 days of idleness."""
+TS_OPTION_LEN: Final = 12
+"""NOP NOP Timestamps: the option bytes on every segment once timestamps are on."""
+DUPACK_THRESHOLD: Final = 3
+"""RFC 5681 3.2."""
+
+_EMPTY: Final = memoryview(b"")
+_MASK32: Final = 0xFFFFFFFF
+
+
+class State(enum.Enum):
+    """RFC 9293 3.3.2 connection states; str() gives the RFC spelling."""
+
+    CLOSED = "CLOSED"
+    LISTEN = "LISTEN"
+    SYN_SENT = "SYN-SENT"
+    SYN_RECEIVED = "SYN-RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN-WAIT-1"
+    FIN_WAIT_2 = "FIN-WAIT-2"
+    CLOSE_WAIT = "CLOSE-WAIT"
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST-ACK"
+    TIME_WAIT = "TIME-WAIT"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CLOSED: Final = State.CLOSED
+LISTEN: Final = State.LISTEN
+SYN_SENT: Final = State.SYN_SENT
+SYN_RECEIVED: Final = State.SYN_RECEIVED
+ESTABLISHED: Final = State.ESTABLISHED
+FIN_WAIT_1: Final = State.FIN_WAIT_1
+FIN_WAIT_2: Final = State.FIN_WAIT_2
+CLOSE_WAIT: Final = State.CLOSE_WAIT
+CLOSING: Final = State.CLOSING
+LAST_ACK: Final = State.LAST_ACK
+TIME_WAIT: Final = State.TIME_WAIT
+
+# States in which data or our FIN may still have to be (re)transmitted.
+_OUTPUT_STATES: Final = frozenset({ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK})
+# States in which the peer may still send data (its FIN has not arrived).
+_RECEIVE_STATES: Final = frozenset({ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2})
+# States in which the application may queue data.
+_SEND_STATES: Final = frozenset({SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT})
+
+
+class TcpDrop(enum.StrEnum):
+    """Why the control block discarded (part of) a segment; the value is the counter name."""
+
+    PAWS = "drop_tcp_paws"
+    """TSval older than TS.Recent (RFC 7323 5)."""
+    OUT_OF_WINDOW = "drop_tcp_out_of_window"
+    """Not acceptable under RFC 9293 3.10.7.4's table."""
+    RST_CHALLENGED = "drop_tcp_rst_challenged"
+    """RST in the window but not at RCV.NXT (RFC 5961 3.2)."""
+    RST_IGNORED = "drop_tcp_rst_ignored"
+    """RST in SYN-SENT without an acceptable ACK, or in TIME-WAIT (RFC 1337)."""
+    SYN_CHALLENGED = "drop_tcp_syn_challenged"
+    """SYN in a synchronized state (RFC 5961 4.2)."""
+    NO_ACK = "drop_tcp_no_ack"
+    """Neither SYN nor RST, and no ACK bit."""
+    ACK_UNSENT = "drop_tcp_ack_unsent"
+    """SEG.ACK beyond SND.MAX (RFC 5961 5.2)."""
+    ACK_TOO_OLD = "drop_tcp_ack_too_old"
+    """SEG.ACK before SND.UNA - MAX.SND.WND (RFC 5961 5.2)."""
+    BAD_ACK = "drop_tcp_bad_ack"
+    """Unacceptable ACK in SYN-SENT or SYN-RECEIVED: answered with a RST."""
+    NOT_SYN = "drop_tcp_syn_sent_no_syn"
+    """Neither SYN nor RST in SYN-SENT."""
+    CLOSED_STATE = "drop_tcp_closed"
+    """A segment for a control block that is already CLOSED."""
+    OOO_RANGES = "drop_tcp_ooo_ranges"
+    """Out-of-order data that would need one range too many."""
+    CHALLENGE_LIMITED = "drop_tcp_challenge_ack_limited"
+    """A challenge ACK not sent: the per-connection bucket was empty."""
+    OOW_ACK_LIMITED = "drop_tcp_oow_ack_limited"
+    """An ACK for an unacceptable segment not sent: rate limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class TcpConfig:
+    """Per-connection TCP settings; defaults follow Linux where the RFCs leave a choice."""
+
+    mss: int = 1460
+    """MSS we announce: the largest segment data we accept (RFC 9293 3.7.1)."""
+    mtu: int | None = None
+    """Our interface MTU; when given, the MSS is clamped to mtu - 40."""
+    rcvbuf: int = 256 * 1024
+    """Receive buffer bytes: the largest window we offer."""
+    sndbuf: int = 256 * 1024
+    """Send buffer bytes: unacknowledged plus unsent data."""
+    window_scaling: bool = True
+    """Offer window scaling (RFC 7323 2); the shift comes from rcvbuf."""
+    sack: bool = True
+    """Offer SACK-permitted (RFC 2018) and send SACK blocks."""
+    timestamps: bool = True
+    """Offer timestamps (RFC 7323 3): RTT measurement and PAWS."""
+    nodelay: bool = False
+    """True turns Nagle's algorithm off (TCP_NODELAY)."""
+    delayed_ack_us: int = 40_000
+    """Longest an ACK of in-order data waits (Linux's TCP_DELACK_MIN; RFC 5681 4.2 < 500 ms)."""
+    min_rto_us: int = 200_000
+    max_rto_us: int = 120_000_000
+    initial_rto_us: int = 1_000_000
+    time_wait_us: int = 60_000_000
+    """2 * MSL (Linux's TCP_TIMEWAIT_LEN)."""
+    fin_wait2_timeout_us: int = 60_000_000
+    """How long FIN-WAIT-2 waits for the peer's FIN after close() (Linux's tcp_fin_timeout)."""
+    keepalive: bool = False
+    keepalive_idle_us: int = 7_200_000_000
+    keepalive_interval_us: int = 75_000_000
+    keepalive_count: int = 9
+    congestion_control: str = DEFAULT_CONGESTION_CONTROL
+    challenge_ack_per_s: int = 10
+    """RFC 5961 7 rate limit, per connection (see the module docstring)."""
+    oow_ack_interval_us: int = 500_000
+    """Minimum gap between ACKs answering unacceptable dataless segments (Linux's
+    tcp_invalid_ratelimit)."""
+    syn_retries: int = 6
+    synack_retries: int = 5
+    max_retries: int = 15
+    tso_max_bytes: int | None = None
+    """Largest segment data the device segments for us (TSO); None: one MSS."""
+    max_ooo_ranges: int = 32
+    """Bound on separate out-of-order extents held in the receive buffer."""
+
+    def __post_init__(self) -> None:
+        if not 88 <= self.mss <= 65495:
+            raise ValueError(f"mss must be 88..65495, got {self.mss}")
+        if self.mtu is not None and not 128 <= self.mtu <= 65535:
+            raise ValueError(f"mtu must be 128..65535 or None, got {self.mtu}")
+        if self.rcvbuf < 1 or self.sndbuf < 1:
+            raise ValueError("rcvbuf and sndbuf must be positive")
+        if self.rcvbuf > 1 << 30:
+            raise ValueError("rcvbuf above 1 GiB cannot be offered (RFC 7323 2.3)")
+        if self.tso_max_bytes is not None and not 1 <= self.tso_max_bytes <= 65535 - 60:
+            raise ValueError(f"tso_max_bytes must be 1..65475 or None, got {self.tso_max_bytes}")
+        for name in (
+            "delayed_ack_us",
+            "time_wait_us",
+            "fin_wait2_timeout_us",
+            "keepalive_idle_us",
+            "keepalive_interval_us",
+            "challenge_ack_per_s",
+            "oow_ack_interval_us",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} cannot be negative")
+        if self.keepalive_count < 1 or self.max_ooo_ranges < 1:
+            raise ValueError("keepalive_count and max_ooo_ranges must be at least 1")
+
+    @property
+    def effective_mss(self) -> int:
+        """The MSS we announce: `mss`, clamped to mtu - 40 (IPv4 and TCP headers)."""
+        if self.mtu is None:
+            return self.mss
+        return min(self.mss, self.mtu - 40)
+
+    @property
+    def rcv_wscale(self) -> int:
+        """Our window scale shift: the smallest that lets rcvbuf be offered (RFC 7323 2.3)."""
+        if not self.window_scaling:
+            return 0
+        shift = 0
+        while (self.rcvbuf >> shift) > 65535 and shift < MAX_WSCALE:
+            shift += 1
+        return shift
+
+
+class OutSegment(NamedTuple):
+    """A segment to transmit; the option fields match `emit_tcp`'s arguments.
+
+    `window` is the 16-bit header field, already scaled down.  `payload` is
+    a view into the send buffer, valid until the next call that changes
+    the Tcb.  With TSO it may exceed the MSS; the device then cuts it into
+    segments of `Tcb.smss` bytes.
+    """
+
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    payload: memoryview = _EMPTY
+    mss: int | None = None
+    wscale: int | None = None
+    sack_permitted: bool = False
+    sack_blocks: tuple[tuple[int, int], ...] = ()
+    ts: tuple[int, int] | None = None
+
+
+def _raise(code: int, what: str) -> None:
+    raise OSError(code, f"{os.strerror(code)}: {what}")
+
+
+class Tcb:
+    """One TCP connection; see the module docstring."""
+
+    __slots__ = (
+        "_ack_now",
+        "_active",
+        "_app_closed",
+        "_cc",
+        "_chal_last_us",
+        "_chal_tokens",
+        "_delack_bytes",
+        "_delack_deadline",
+        "_dup_bytes",
+        "_dupacks",
+        "_fin_acked",
+        "_fin_queued",
+        "_fin_rcv_seq",
+        "_fin_seq",
+        "_in_recovery",
+        "_ka_deadline",
+        "_ka_due",
+        "_ka_probes",
+        "_last_rx_us",
+        "_last_send_us",
+        "_mss_base",
+        "_oow_last_us",
+        "_persist_backoff",
+        "_persist_deadline",
+        "_probe_due",
+        "_rcv_fin",
+        "_rcv_mss",
+        "_rcvbuf",
+        "_recover",
+        "_retries",
+        "_rst_out",
+        "_rto_force",
+        "_rtt",
+        "_rtt_sent_us",
+        "_rtt_seq",
+        "_rtx_deadline",
+        "_rtx_head",
+        "_sack_ok",
+        "_seg_cap",
+        "_send_rst",
+        "_sndbuf",
+        "_syn_opts",
+        "_syn_retransmitted",
+        "_syn_window",
+        "_ts_offset",
+        "_ts_ok",
+        "_ts_recent",
+        "_ts_recent_us",
+        "_tw_deadline",
+        "_ws_ok",
+        "bytes_acked",
+        "bytes_received",
+        "bytes_retrans",
+        "bytes_sent",
+        "config",
+        "counters",
+        "error",
+        "irs",
+        "iss",
+        "last_ack_sent",
+        "local",
+        "max_snd_wnd",
+        "rcv_adv",
+        "rcv_nxt",
+        "rcv_wscale",
+        "remote",
+        "retransmits",
+        "segs_in",
+        "segs_out",
+        "smss",
+        "snd_max",
+        "snd_nxt",
+        "snd_una",
+        "snd_wl1",
+        "snd_wl2",
+        "snd_wnd",
+        "snd_wscale",
+        "state",
+    )
+
+    # -- construction ---------------------------------------------------------
+
+    def __init__(self, local: Endpoint, remote: Endpoint, iss: int, config: TcpConfig) -> None:
+        """Use `connect` or `accept_syn`; this makes a CLOSED block with no peer state."""
+        self.local = local
+        self.remote = remote
+        self.config = config
+        self.state = CLOSED
+        self.error: int | None = None
+        iss &= _MASK32
+        self.iss = iss
+        self.snd_una = iss
+        self.snd_nxt = iss
+        self.snd_max = iss
+        self.snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = 0
+        self.max_snd_wnd = 0
+        self.snd_wscale = 0
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rcv_adv = 0
+        self.rcv_wscale = 0
+        self.last_ack_sent = 0
+        mss = config.effective_mss
+        self._mss_base = min(mss, DEFAULT_PEER_MSS)
+        self.smss = self._mss_base
+        self._rcv_mss = mss
+        self._seg_cap = self.smss
+        self._syn_opts = (config.timestamps, config.sack, config.window_scaling)
+        self._syn_window = 0
+        self._ts_ok = False
+        self._sack_ok = False
+        self._ws_ok = False
+        self._ts_offset = 0
+        self._ts_recent = 0
+        self._ts_recent_us = 0
+        self._sndbuf = SendBuffer(config.sndbuf)
+        self._rcvbuf = RecvBuffer(config.rcvbuf, config.max_ooo_ranges)
+        self._rtt = RttEstimator(
+            min_rto_us=config.min_rto_us,
+            max_rto_us=config.max_rto_us,
+            initial_rto_us=config.initial_rto_us,
+        )
+        self._cc: CongestionControl = _make_cc(config.congestion_control, self.smss)
+        self._active = False
+        self._app_closed = False
+        self._fin_queued = False
+        self._fin_seq: int | None = None
+        self._fin_acked = False
+        self._rcv_fin = False
+        self._fin_rcv_seq: int | None = None
+        self._ack_now = False
+        self._delack_bytes = 0
+        self._send_rst = False
+        self._rst_out: list[tuple[int, int, int]] = []
+        self._rtx_head = False
+        self._rto_force = False
+        self._probe_due = False
+        self._ka_due = False
+        self._ka_probes = 0
+        self._dupacks = 0
+        self._dup_bytes = 0
+        self._in_recovery = False
+        self._recover = iss
+        self._retries = 0
+        self._syn_retransmitted = False
+        self._rtt_seq: int | None = None
+        self._rtt_sent_us = 0
+        self._persist_backoff = 0
+        self._rtx_deadline: int | None = None
+        self._delack_deadline: int | None = None
+        self._persist_deadline: int | None = None
+        self._ka_deadline: int | None = None
+        self._tw_deadline: int | None = None
+        self._last_rx_us = 0
+        self._last_send_us = 0
+        self._chal_tokens = config.challenge_ack_per_s * 1_000_000
+        self._chal_last_us = 0
+        self._oow_last_us: int | None = None
+        self.counters: dict[str, int] = {}
+        self.bytes_acked = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.bytes_retrans = 0
+        self.retransmits = 0
+        self.segs_in = 0
+        self.segs_out = 0
+
+    @classmethod
+    def connect(
+        cls,
+        local: Endpoint,
+        remote: Endpoint,
+        iss: int,
+        now_us: int,
+        config: TcpConfig | None = None,
+        *,
+        ts_offset: int = 0,
+    ) -> Tcb:
+        """Active open (RFC 9293 3.10.1): SYN-SENT, with a SYN for the next dispatch.
+
+        `iss` comes from `IsnGenerator.isn`, `ts_offset` from
+        `IsnGenerator.ts_offset` (RFC 7323 5.4).
+        """
+        tcb = cls(local, remote, iss, config or TcpConfig())
+        tcb._active = True
+        tcb._ts_offset = ts_offset & _MASK32
+        tcb.state = SYN_SENT
+        tcb._last_rx_us = now_us
+        tcb._last_send_us = now_us
+        tcb._chal_last_us = now_us
+        return tcb
+
+    @classmethod
+    def accept_syn(
+        cls,
+        local: Endpoint,
+        remote: Endpoint,
+        syn: TcpSegment,
+        iss: int,
+        now_us: int,
+        config: TcpConfig | None = None,
+        *,
+        ts_offset: int = 0,
+    ) -> Tcb:
+        """Passive open from a SYN the listener accepted: SYN-RECEIVED, SYN-ACK queued.
+
+        Options are taken from the SYN (RFC 9293 3.10.7.2); data on the SYN
+        is not kept (the peer sends it again after the handshake).
+        """
+        if syn.flags & (SYN | ACK | RST) != SYN:
+            raise ValueError(f"accept_syn needs a SYN without ACK or RST, got flags {syn.flags:#x}")
+        tcb = cls(local, remote, iss, config or TcpConfig())
+        tcb._ts_offset = ts_offset & _MASK32
+        tcb._last_rx_us = now_us
+        tcb._last_send_us = now_us
+        tcb._chal_last_us = now_us
+        tcb._take_syn(syn, now_us)
+        tcb.state = SYN_RECEIVED
+        return tcb
+
+    def _take_syn(self, syn: TcpSegment, now_us: int) -> None:
+        """Record the peer's SYN: IRS, RCV.NXT, its window and the negotiated options."""
+        cfg = self.config
+        self.irs = syn.seq
+        self.rcv_nxt = seq_add(syn.seq, 1)
+        self.last_ack_sent = self.rcv_nxt
+        want_ts, want_sack, want_ws = self._syn_opts
+        self._ts_ok = want_ts and syn.ts_val is not None
+        if self._ts_ok and syn.ts_val is not None:
+            self._ts_recent = syn.ts_val
+            self._ts_recent_us = now_us
+        self._sack_ok = want_sack and syn.sack_permitted
+        self._ws_ok = want_ws and syn.wscale is not None
+        if self._ws_ok and syn.wscale is not None:
+            self.snd_wscale = syn.wscale
+            self.rcv_wscale = cfg.rcv_wscale
+        else:
+            self.snd_wscale = 0
+            self.rcv_wscale = 0
+        peer_mss = syn.mss if syn.mss else DEFAULT_PEER_MSS
+        self._mss_base = min(peer_mss, cfg.effective_mss)
+        opt = TS_OPTION_LEN if self._ts_ok else 0
+        self.smss = max(self._mss_base - opt, 1)
+        self._rcv_mss = max(self._mss_base - opt, 1)
+        tso = cfg.tso_max_bytes
+        if tso is not None and tso > self.smss:
+            self._seg_cap = tso - tso % self.smss
+        else:
+            self._seg_cap = self.smss
+        self._cc.set_mss(self.smss)
+        self.snd_wnd = syn.window  # never scaled in a SYN (RFC 7323 2.2)
+        self.max_snd_wnd = syn.window
+        self.snd_wl1 = syn.seq
+        self.snd_wl2 = self.snd_una
+        # The window our SYN or SYN-ACK offers (unscaled, RFC 7323 2.2).
+        if not self._syn_window:
+            self._syn_window = min(self._rcvbuf.space, 65535)
+        self.rcv_adv = seq_add(self.rcv_nxt, self._syn_window)
+
+    # -- application interface -----------------------------------------------
+
+    @property
+    def readable_bytes(self) -> int:
+        """In-order bytes `recv` can return now."""
+        return self._rcvbuf.readable
+
+    @property
+    def send_space(self) -> int:
+        """Bytes `send` would accept now (0 once the write side is shut)."""
+        if self.state not in _SEND_STATES or self._fin_queued or self.error is not None:
+            return 0
+        return self._sndbuf.free
+
+    @property
+    def eof(self) -> bool:
+        """The peer's FIN arrived and every byte before it has been read."""
+        return self._rcv_fin and self._rcvbuf.readable == 0
+
+    @property
+    def unacked_bytes(self) -> int:
+        """Data bytes in the send buffer: sent but unacknowledged, and unsent."""
+        return len(self._sndbuf)
+
+    def send(self, data: Buffer) -> int:
+        """Queue as much of `data` as the send buffer takes; return that count (0 if full).
+
+        Allowed from SYN-SENT to CLOSE-WAIT until shutdown_write; data
+        queued before the handshake completes is sent after it.
+        """
+        if self.error is not None:
+            _raise(self.error, "the connection failed")
+        if self._fin_queued:
+            _raise(errno.EPIPE, "send after shutdown_write or close")
+        if self.state not in _SEND_STATES:
+            _raise(errno.ENOTCONN, f"send in state {self.state}")
+        return self._sndbuf.write(data)
+
+    def recv(self, max_bytes: int) -> bytes:
+        """Take up to `max_bytes` readable bytes; b"" if none (see `eof`)."""
+        data = self._rcvbuf.read(max_bytes)
+        if data:
+            self._after_read()
+        return data
+
+    def recv_into(self, buf: WritableBuffer) -> int:
+        """Copy readable bytes into `buf`; return how many (0 if none, see `eof`)."""
+        n = self._rcvbuf.read_into(buf)
+        if n:
+            self._after_read()
+        return n
+
+    def _after_read(self) -> None:
+        # Window update after the application made room (Linux's
+        # __tcp_cleanup_rbuf): ACK at once if the window we could offer now
+        # is at least twice what is left of the one we advertised, and that
+        # is at most half of the largest window.
+        if self.state not in _RECEIVE_STATES or self._ack_now:
+            return
+        left = seq_sub(self.rcv_adv, self.rcv_nxt)
+        if left < 0:
+            left = 0
+        max_wnd = min(self._rcvbuf.capacity, 65535 << self.rcv_wscale)
+        if 2 * left <= max_wnd:
+            new = self._window_bytes(left)
+            if new and new >= 2 * left:
+                self._ack_now = True
+
+    def shutdown_write(self) -> None:
+        """Half-close: queue a FIN after the buffered data (RFC 9293 3.10.4 CLOSE)."""
+        state = self.state
+        if self._fin_queued or state in (CLOSED, LISTEN):
+            return
+        if state is SYN_SENT:
+            # Nothing was synchronized: the connection just goes away.
+            self._close_now()
+            return
+        if state not in (SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
+            return
+        self._fin_queued = True
+        if state is SYN_RECEIVED:
+            return  # the FIN goes once the handshake completes (see _establish)
+        self._fin_seq = seq_add(self.snd_una, len(self._sndbuf))
+        self.state = FIN_WAIT_1 if state is ESTABLISHED else LAST_ACK
+
+    def close(self) -> None:
+        """Close both directions: FIN after the data, or RST if unread data remains.
+
+        RFC 9293 3.10.4 and RFC 2525 2.17: closing with data not yet read
+        (or with data arriving afterwards) resets the connection so the
+        peer learns that data was lost.  After close(), FIN-WAIT-2 lasts at
+        most `fin_wait2_timeout_us`.
+        """
+        if self.state is CLOSED:
+            return
+        self._app_closed = True
+        if self._rcvbuf.readable and self.state not in (SYN_SENT, TIME_WAIT):
+            self.abort()
+            return
+        self.shutdown_write()
+
+    def abort(self) -> None:
+        """Reset the connection (RFC 9293 3.10.5 ABORT): RST if synchronized, then CLOSED."""
+        state = self.state
+        if state in (SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT):
+            self._send_rst = True
+        self._app_closed = True
+        self._close_now()
+
+    def time_wait_reopen(self, syn: TcpSegment) -> int | None:
+        """In TIME-WAIT, may this SYN open a new incarnation? (RFC 6191, RFC 9293 3.6.1)
+
+        Yes when timestamps are in use and its TSval is newer than TS.Recent,
+        or, without timestamps, when its sequence number is beyond RCV.NXT.
+        Returns an ISS for the new connection beyond anything this one sent
+        (SND.NXT + 2**16 + 2, as Linux picks), or None to refuse.
+        """
+        if self.state is not TIME_WAIT or syn.flags & (SYN | ACK | RST) != SYN:
+            return None
+        if self._ts_ok and syn.ts_val is not None:
+            if not seq_gt(syn.ts_val, self._ts_recent):
+                return None
+        elif not seq_gt(syn.seq, self.rcv_nxt):
+            return None
+        return seq_add(self.snd_max, 65536 + 2)
+
+    # -- state for the API and for ss -----------------------------------------
+
+    @property
+    def rto_us(self) -> int:
+        return self._rtt.rto_us
+
+    @property
+    def cwnd(self) -> int:
+        return self._cc.cwnd
+
+    @property
+    def ssthresh(self) -> int:
+        return self._cc.ssthresh
+
+    @property
+    def in_recovery(self) -> bool:
+        return self._in_recovery
+
+    def stats(self) -> dict[str, object]:
+        """An `ss -ti`-like snapshot: state, windows, RTT estimates (us), counters."""
+        s: dict[str, object] = {
+            "state": str(self.state),
+            "cwnd": self._cc.cwnd,
+            "ssthresh": self._cc.ssthresh,
+            "srtt_us": self._rtt.srtt_us,
+            "rttvar_us": self._rtt.rttvar_us,
+            "min_rtt_us": self._rtt.min_rtt_us,
+            "rto_us": self._rtt.rto_us,
+            "smss": self.smss,
+            "rcv_mss": self._rcv_mss,
+            "snd_wnd": self.snd_wnd,
+            "rcv_wnd": max(seq_sub(self.rcv_adv, self.rcv_nxt), 0),
+            "snd_wscale": self.snd_wscale,
+            "rcv_wscale": self.rcv_wscale,
+            "timestamps": self._ts_ok,
+            "sack": self._sack_ok,
+            "unacked": seq_sub(self.snd_max, self.snd_una),
+            "retransmits": self.retransmits,
+            "backoffs": self._rtt.backoffs,
+            "in_recovery": self._in_recovery,
+            "dupacks": self._dupacks,
+            "bytes_sent": self.bytes_sent,
+            "bytes_retrans": self.bytes_retrans,
+            "bytes_acked": self.bytes_acked,
+            "bytes_received": self.bytes_received,
+            "segs_in": self.segs_in,
+            "segs_out": self.segs_out,
+            "notsent_bytes": max(len(self._sndbuf) - seq_sub(self.snd_nxt, self.snd_una), 0),
+            "ooo_bytes": self._rcvbuf.out_of_order_bytes,
+            "congestion_control": self._cc.name,
+        }
+        s.update(self.counters)
+        return s
+
+    def __repr__(self) -> str:
+        return (
+            f"Tcb({self.local} -> {self.remote} {self.state} una={self.snd_una}"
+            f" nxt={self.snd_nxt} max={self.snd_max} rcv_nxt={self.rcv_nxt})"
+        )
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _count(self, reason: TcpDrop) -> None:
+        c = self.counters
+        c[reason] = c.get(reason, 0) + 1
+
+    def _tsval(self, now_us: int) -> int:
+        """Our timestamp clock: milliseconds plus the per-connection offset (RFC 7323 5.4)."""
+        return (now_us // 1000 + self._ts_offset) & _MASK32
+
+    def _challenge_ack(self, now_us: int) -> None:
+        """RFC 5961 7: send an ACK unless the per-connection bucket is empty."""
+        rate = self.config.challenge_ack_per_s
+        elapsed = now_us - self._chal_last_us
+        if elapsed > 0:
+            self._chal_tokens = min(rate * 1_000_000, self._chal_tokens + elapsed * rate)
+            self._chal_last_us = now_us
+        if self._chal_tokens >= 1_000_000:
+            self._chal_tokens -= 1_000_000
+            self._ack_now = True
+        else:
+            self._count(TcpDrop.CHALLENGE_LIMITED)
+
+    def _ack_unacceptable(self, seg: TcpSegment, plen: int, now_us: int) -> None:
+        """ACK a segment that failed the sequence or PAWS check (rate-limited if dataless)."""
+        if plen == 0 and not seg.flags & (SYN | FIN):
+            last = self._oow_last_us
+            if last is not None and now_us - last < self.config.oow_ack_interval_us:
+                self._count(TcpDrop.OOW_ACK_LIMITED)
+                return
+            self._oow_last_us = now_us
+        self._ack_now = True
+
+    def _close_now(self) -> None:
+        """Enter CLOSED: stop every timer and forget the data in flight."""
+        self.state = CLOSED
+        self._rtx_deadline = None
+        self._delack_deadline = None
+        self._persist_deadline = None
+        self._ka_deadline = None
+        self._tw_deadline = None
+        self._ack_now = False
+        self._rtx_head = False
+        self._probe_due = False
+        self._ka_due = False
+        self._sndbuf.clear()
+        self._rcvbuf.discard_out_of_order()
+
+    def _reset(self, code: int | None) -> None:
+        self.error = code
+        self._close_now()
+
+    def _enter_time_wait(self, now_us: int) -> None:
+        self.state = TIME_WAIT
+        self._rtx_deadline = None
+        self._persist_deadline = None
+        self._ka_deadline = None
+        self._delack_deadline = None
+        self._tw_deadline = now_us + self.config.time_wait_us
+        self._sndbuf.clear()
+
+    def _pipe(self) -> int:
+        """Bytes believed in the network: sent since SND.UNA less those duplicate ACKs report."""
+        pipe = seq_sub(self.snd_nxt, self.snd_una) - self._dup_bytes
+        return pipe if pipe > 0 else 0
+
+    def _window_bytes(self, left: int) -> int:
+        """The window we would offer now, given `left` bytes of the advertised one remain."""
+        space = self._rcvbuf.space
+        max_wnd = 65535 << self.rcv_wscale
+        if space > max_wnd:
+            space = max_wnd
+        # Receiver SWS avoidance (RFC 9293 3.8.6.2.2, RFC 1122 4.2.3.3).
+        if space - left < min(self._rcvbuf.capacity >> 1, self._rcv_mss):
+            return left if left < space else space
+        return space
+
+    def _select_window(self) -> int:
+        """The 16-bit window field for a non-SYN segment; moves rcv_adv."""
+        left = seq_sub(self.rcv_adv, self.rcv_nxt)
+        if left < 0:
+            left = 0
+        wnd = self._window_bytes(left)
+        ws = self.rcv_wscale
+        field = wnd >> ws
+        if ws and (field << ws) < left and ((field + 1) << ws) <= self._rcvbuf.space:
+            field += 1  # round up rather than pull the right edge back
+        if field > 65535:
+            field = 65535
+        self.rcv_adv = seq_add(self.rcv_nxt, field << ws)
+        return field
+
+    # -- input ----------------------------------------------------------------
+
+    def on_segment(self, seg: TcpSegment, payload: Buffer, now_us: int) -> None:
+        """Process one segment for this connection (RFC 9293 3.10.7); see the module docstring."""
+        self.segs_in += 1
+        state = self.state
+        if state is SYN_SENT:
+            self._on_segment_syn_sent(seg, payload, now_us)
+            return
+        if state is CLOSED or state is LISTEN:
+            self._count(TcpDrop.CLOSED_STATE)
+            return
+        self._last_rx_us = now_us
+        self._ka_probes = 0
+        flags = seg.flags
+        seq = seg.seq
+        plen = len(payload)
+
+        # PAWS (RFC 7323 5.3 R1), before the sequence check.
+        if (
+            self._ts_ok
+            and seg.ts_val is not None
+            and not flags & RST
+            and seq_lt(seg.ts_val, self._ts_recent)
+            and now_us - self._ts_recent_us <= PAWS_IDLE_US
+        ):
+            self._count(TcpDrop.PAWS)
+            self._ack_unacceptable(seg, plen, now_us)
+            return
+
+        if flags & SYN:  # never with RST: parse_tcp drops that combination
+            if state is SYN_RECEIVED and seq == self.irs and not flags & ACK:
+                # Our SYN-ACK was lost and the peer retransmitted its SYN.
+                self.snd_nxt = self.iss
+                return
+            # RFC 5961 4.2: a SYN anywhere draws a challenge ACK.
+            self._count(TcpDrop.SYN_CHALLENGED)
+            self._challenge_ack(now_us)
+            return
+
+        # First: sequence number (RFC 9293 3.10.7.4 acceptability table).
+        rcv_nxt = self.rcv_nxt
+        wnd = seq_sub(self.rcv_adv, rcv_nxt)
+        if wnd < 0:
+            wnd = 0
+        fin = flags & FIN
+        seg_len = plen + (1 if fin else 0)
+        off = seq_sub(seq, rcv_nxt)
+        if seg_len == 0:
+            ok = off == 0 if wnd == 0 else 0 <= off < wnd
+        elif wnd == 0:
+            ok = off == 0  # only the ACK (and a bare FIN) of it will count
+        else:
+            last = off + seg_len - 1
+            ok = 0 <= off < wnd or 0 <= last < wnd
+        if not ok:
+            if state is TIME_WAIT and fin and seq_add(seq, plen) == seq_add(rcv_nxt, -1):
+                # A retransmitted FIN: ACK it and restart 2 MSL (RFC 9293 3.10.7.4 eighth).
+                self._tw_deadline = now_us + self.config.time_wait_us
+            if not flags & RST:
+                self._ack_unacceptable(seg, plen, now_us)
+            self._count(TcpDrop.OUT_OF_WINDOW)
+            return
+
+        # Second: RST (RFC 5961 3.2).
+        if flags & RST:
+            if state is TIME_WAIT:
+                self._count(TcpDrop.RST_IGNORED)
+            elif off == 0:
+                self._on_rst()
+            else:
+                self._count(TcpDrop.RST_CHALLENGED)
+                self._challenge_ack(now_us)
+            return
+
+        # Fifth: ACK.
+        if not flags & ACK:
+            self._count(TcpDrop.NO_ACK)
+            return
+        ack = seg.ack
+        if state is SYN_RECEIVED:
+            if seq_gt(ack, self.snd_una) and seq_le(ack, self.snd_max):
+                self._establish(seg, now_us)
+                state = self.state
+            else:
+                self._count(TcpDrop.BAD_ACK)
+                self._rst_out.append((ack, 0, RST))
+                return
+        if seq_gt(ack, self.snd_max):
+            self._count(TcpDrop.ACK_UNSENT)
+            self._challenge_ack(now_us)
+            return
+        if seq_lt(ack, seq_add(self.snd_una, -self.max_snd_wnd)):
+            self._count(TcpDrop.ACK_TOO_OLD)
+            self._challenge_ack(now_us)
+            return
+        ts_val = seg.ts_val
+        if (
+            self._ts_ok
+            and ts_val is not None
+            and seq_le(seq, self.last_ack_sent)
+            and seq_ge(ts_val, self._ts_recent)
+        ):
+            self._ts_recent = ts_val  # RFC 7323 4.3
+            self._ts_recent_us = now_us
+        if not self._on_ack(seg, plen, now_us):
+            return
+
+        # Seventh and eighth: text and FIN.
+        if (plen or fin) and self.state in _RECEIVE_STATES:
+            self._on_text(seq, payload, fin, now_us)
+
+    def _on_segment_syn_sent(self, seg: TcpSegment, payload: Buffer, now_us: int) -> None:
+        """RFC 9293 3.10.7.3."""
+        flags = seg.flags
+        ack = seg.ack
+        ack_ok = False
+        if flags & ACK:
+            if seq_le(ack, self.iss) or seq_gt(ack, self.snd_max):
+                self._count(TcpDrop.BAD_ACK)
+                if not flags & RST:
+                    self._rst_out.append((ack, 0, RST))
+                return
+            ack_ok = True
+        if flags & RST:
+            if ack_ok:
+                self._reset(errno.ECONNREFUSED)
+            else:
+                self._count(TcpDrop.RST_IGNORED)
+            return
+        if not flags & SYN:
+            self._count(TcpDrop.NOT_SYN)
+            return
+        self._last_rx_us = now_us
+        self._take_syn(seg, now_us)
+        if ack_ok:
+            self._establish(seg, now_us)
+            self._ack_now = True
+            if len(payload) or flags & FIN:
+                self._on_text(seq_add(seg.seq, 1), payload, flags & FIN, now_us)
+        else:
+            # Simultaneous open: answer with SYN-ACK <SEQ=ISS><ACK=RCV.NXT>.
+            self.state = SYN_RECEIVED
+            self.snd_nxt = self.iss
+
+    def _establish(self, seg: TcpSegment, now_us: int) -> None:
+        """Our SYN is acknowledged by `seg`: ESTABLISHED (or on to FIN-WAIT-1)."""
+        ack = seg.ack
+        self.snd_una = ack
+        if seq_lt(self.snd_nxt, ack):
+            self.snd_nxt = ack
+        wnd = seg.window if seg.flags & SYN else seg.window << self.snd_wscale
+        self.snd_wnd = wnd
+        if wnd > self.max_snd_wnd:
+            self.max_snd_wnd = wnd
+        self.snd_wl1 = seg.seq
+        self.snd_wl2 = ack
+        self._recover = ack
+        if self._rtt_seq is not None and seq_ge(ack, self._rtt_seq):
+            self._rtt.on_sample(now_us - self._rtt_sent_us)
+        elif self._ts_ok and seg.ts_ecr:
+            self._ts_sample(seg.ts_ecr, now_us)
+        self._rtt_seq = None
+        if self._syn_retransmitted:
+            self._rtt.on_handshake_retransmitted()
+        self._retries = 0
+        self._rtx_deadline = None
+        self.state = ESTABLISHED
+        if self.config.keepalive:
+            self._ka_deadline = now_us + self.config.keepalive_idle_us
+        if self._fin_queued:
+            self._fin_seq = seq_add(self.snd_una, len(self._sndbuf))
+            self.state = FIN_WAIT_1
+
+    def _ts_sample(self, ts_ecr: int, now_us: int) -> None:
+        delta = (self._tsval(now_us) - ts_ecr) & _MASK32
+        if delta < 0x80000000 and delta * 1000 <= self.config.max_rto_us:
+            self._rtt.on_sample(max(delta, 1) * 1000)
+
+    def _on_rst(self) -> None:
+        state = self.state
+        if state is SYN_RECEIVED:
+            # Passive: the listener carries on; active (simultaneous open): refused.
+            self._reset(errno.ECONNREFUSED if self._active else None)
+        elif state in (CLOSING, LAST_ACK) or self._app_closed:
+            self._reset(None)
+        else:
+            self._reset(errno.ECONNRESET)
+
+    def _on_ack(self, seg: TcpSegment, plen: int, now_us: int) -> bool:
+        """RFC 9293 3.10.7.4 fifth step for a valid ACK; False if processing stops."""
+        ack = seg.ack
+        una = self.snd_una
+        acked = seq_sub(ack, una)
+        wnd = seg.window << self.snd_wscale
+        if acked > 0:
+            self._ack_advance(ack, acked, seg, now_us)
+        elif (
+            acked == 0
+            and plen == 0
+            and not seg.flags & FIN
+            and wnd == self.snd_wnd
+            and self.snd_max != una
+        ):
+            self._on_dupack(now_us)
+        # Window update (SND.WL1/SND.WL2 rule); ACKs older than SND.UNA do not count.
+        if acked >= 0 and (
+            seq_lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and seq_le(self.snd_wl2, ack))
+        ):
+            self.snd_wnd = wnd
+            self.snd_wl1 = seg.seq
+            self.snd_wl2 = ack
+            if wnd > self.max_snd_wnd:
+                self.max_snd_wnd = wnd
+        if self._fin_acked:
+            state = self.state
+            if state is FIN_WAIT_1:
+                self.state = FIN_WAIT_2
+                if self._app_closed:
+                    self._tw_deadline = now_us + self.config.fin_wait2_timeout_us
+            elif state is CLOSING:
+                self._enter_time_wait(now_us)
+                return False
+            elif state is LAST_ACK:
+                self._close_now()
+                return False
+        return True
+
+    def _ack_advance(self, ack: int, acked: int, seg: TcpSegment, now_us: int) -> None:
+        """New data (or our FIN) acknowledged."""
+        pipe_before = self._pipe()
+        data = acked
+        fin_seq = self._fin_seq
+        if fin_seq is not None and seq_gt(ack, fin_seq):
+            data -= 1
+            self._fin_acked = True
+        buffered = len(self._sndbuf)
+        if data > buffered:
+            data = buffered
+        self._sndbuf.consume(data)
+        self.snd_una = ack
+        if seq_lt(self.snd_nxt, ack):
+            self.snd_nxt = ack
+        self.bytes_acked += data
+        self._retries = 0
+        # RTT sample: the timed segment (Karn), else TSecr (RFC 7323 4).
+        rtt_seq = self._rtt_seq
+        if rtt_seq is not None and seq_ge(ack, rtt_seq):
+            self._rtt.on_sample(now_us - self._rtt_sent_us)
+            self._rtt_seq = None
+        elif rtt_seq is None and self._ts_ok and seg.ts_ecr:
+            self._ts_sample(seg.ts_ecr, now_us)
+        # Congestion control and recovery (RFC 5681, RFC 6582).
+        if self._in_recovery:
+            if seq_ge(ack, self._recover):
+                self._in_recovery = False
+                self._dupacks = 0
+                self._dup_bytes = 0
+                self._cc.on_exit_recovery(now_us)
+            else:
+                # Partial ACK: retransmit the next hole; what it covered beyond one
+                # segment had been counted as left the network by duplicate ACKs.
+                self._rtx_head = True
+                covered = data - self.smss
+                if covered > 0:
+                    self._dup_bytes = max(self._dup_bytes - covered, 0)
+                self._rtt_seq = None
+        else:
+            self._dupacks = 0
+            self._dup_bytes = 0
+            self._cc.on_ack(data, now_us, self._rtt.srtt_us, pipe_before)
+        # Retransmission timer (RFC 6298 5.2, 5.3).
+        if ack == self.snd_max:
+            self._rtx_deadline = None
+        else:
+            self._rtx_deadline = now_us + self._rtt.rto_us
+        self._persist_backoff = 0
+
+    def _on_dupack(self, now_us: int) -> None:
+        self._dupacks += 1
+        self._dup_bytes += self.smss
+        if self._in_recovery or self._dupacks != DUPACK_THRESHOLD:
+            return
+        # RFC 6582 3.2 step 2: only if the ACK covers more than `recover`.
+        if not seq_ge(self.snd_una, self._recover):
+            return
+        flight = seq_sub(self.snd_max, self.snd_una)
+        self._recover = self.snd_max
+        self._in_recovery = True
+        self._cc.on_enter_recovery(now_us, flight)
+        self._rtx_head = True
+        self._rtt_seq = None
+
+    def _on_text(self, dseq: int, payload: Buffer, fin: int, now_us: int) -> None:
+        """Seventh and eighth steps: `payload` starts at sequence number `dseq`."""
+        plen = len(payload)
+        fin_at = seq_add(dseq, plen)
+        start = seq_sub(dseq, self.rcv_nxt)
+        data: Buffer = payload
+        if start < 0:
+            data = payload[-start:] if -start < plen else b""
+            start = 0
+        n = len(data)
+        wnd = seq_sub(self.rcv_adv, self.rcv_nxt)
+        room = self._rcvbuf.space
+        if wnd > room:
+            wnd = room
+        if start + n > wnd:
+            keep = wnd - start
+            data = data[:keep] if keep > 0 else b""
+            n = len(data)
+            fin = 0
+            self._ack_now = True  # tell the sender where the window ends
+        if n and self._app_closed:
+            # Data after close(): nobody will read it (RFC 2525 2.17, Linux).
+            self._send_rst = True
+            self._reset(None)
+            return
+        rcvbuf = self._rcvbuf
+        if n:
+            if start == 0:
+                had_holes = rcvbuf.has_out_of_order
+                adv = rcvbuf.write(data)
+                self.rcv_nxt = seq_add(self.rcv_nxt, adv)
+                self.bytes_received += adv
+                if had_holes:
+                    self._ack_now = True  # a hole (partly) filled: RFC 5681 4.2
+                else:
+                    self._delack_bytes += adv
+                    if self._delack_bytes >= 2 * self._rcv_mss:
+                        self._ack_now = True
+                    elif self._delack_deadline is None:
+                        self._delack_deadline = now_us + self.config.delayed_ack_us
+            else:
+                if rcvbuf.insert(start, data):
+                    if fin:
+                        self._fin_rcv_seq = fin_at
+                else:
+                    self._count(TcpDrop.OOO_RANGES)
+                fin = 0
+                self._ack_now = True  # out of order: duplicate ACK at once (RFC 5681 4.2)
+        elif fin and start > 0:
+            self._fin_rcv_seq = fin_at
+            fin = 0
+            self._ack_now = True
+        if (fin and fin_at == self.rcv_nxt) or (
+            self._fin_rcv_seq is not None and self._fin_rcv_seq == self.rcv_nxt
+        ):
+            self._on_fin(now_us)
+
+    def _on_fin(self, now_us: int) -> None:
+        """The peer's FIN, in order (RFC 9293 3.10.7.4 eighth)."""
+        self.rcv_nxt = seq_add(self.rcv_nxt, 1)
+        self._rcv_fin = True
+        self._fin_rcv_seq = None
+        self._rcvbuf.discard_out_of_order()
+        self._ack_now = True
+        self._delack_deadline = None
+        state = self.state
+        if state is ESTABLISHED:
+            self.state = CLOSE_WAIT
+        elif state is FIN_WAIT_1:
+            # Our FIN is not yet acknowledged (else we would be in FIN-WAIT-2).
+            self.state = CLOSING
+        elif state is FIN_WAIT_2:
+            self._enter_time_wait(now_us)
+
+    # -- timers -----------------------------------------------------------------
+
+    def poll_at(self) -> int | None:
+        """The earliest timer deadline (microseconds), or None when no timer runs."""
+        t: int | None = None
+        for d in (
+            self._rtx_deadline,
+            self._delack_deadline,
+            self._persist_deadline,
+            self._ka_deadline,
+            self._tw_deadline,
+        ):
+            if d is not None and (t is None or d < t):
+                t = d
+        return t
+
+    def on_timer(self, now_us: int) -> None:
+        """Run every timer whose deadline is at or before `now_us`; then call `dispatch`."""
+        d = self._tw_deadline
+        if d is not None and d <= now_us:
+            self._tw_deadline = None
+            if self.state is TIME_WAIT or self.state is FIN_WAIT_2:
+                self._close_now()
+                return
+        d = self._rtx_deadline
+        if d is not None and d <= now_us:
+            self._on_rto(now_us)
+            if self.state is CLOSED:
+                return
+        d = self._delack_deadline
+        if d is not None and d <= now_us:
+            self._delack_deadline = None
+            self._ack_now = True
+        d = self._persist_deadline
+        if d is not None and d <= now_us:
+            self._persist_deadline = None
+            if self.state in _OUTPUT_STATES and self.snd_max == self.snd_una:
+                self._probe_due = True
+                self._persist_backoff += 1
+        d = self._ka_deadline
+        if d is not None and d <= now_us:
+            self._on_keepalive(now_us)
+
+    def _on_rto(self, now_us: int) -> None:
+        """Retransmission timeout (RFC 6298 5.4-5.6)."""
+        cfg = self.config
+        state = self.state
+        if state is SYN_SENT or state is SYN_RECEIVED:
+            limit = cfg.syn_retries if state is SYN_SENT else cfg.synack_retries
+            if self._retries >= limit:
+                self._reset(errno.ETIMEDOUT)
+                return
+            self._retries += 1
+            self._syn_retransmitted = True
+            self._cc.on_handshake_loss()
+            self.snd_nxt = self.iss
+        else:
+            if self.snd_max == self.snd_una:
+                self._rtx_deadline = None
+                return
+            if self._retries >= cfg.max_retries:
+                zero_window_peer_alive = (
+                    self.snd_wnd == 0 and now_us - self._last_rx_us <= cfg.max_rto_us
+                )
+                if not zero_window_peer_alive:
+                    self._reset(errno.ETIMEDOUT)
+                    return
+            self._retries += 1
+            self._cc.on_rto(now_us, seq_sub(self.snd_max, self.snd_una))
+            self._in_recovery = False
+            self._recover = self.snd_max
+            self._dupacks = 0
+            self._dup_bytes = 0
+            self._rtx_head = False
+            self.snd_nxt = self.snd_una
+            self._rto_force = True
+        self._rtt_seq = None
+        self._rtt.backoff()
+        self._rtx_deadline = now_us + self._rtt.rto_us
+
+    def _on_keepalive(self, now_us: int) -> None:
+        cfg = self.config
+        self._ka_deadline = None
+        if not cfg.keepalive or self.state not in (ESTABLISHED, CLOSE_WAIT):
+            return
+        idle = now_us - self._last_rx_us
+        if idle < cfg.keepalive_idle_us:
+            self._ka_deadline = self._last_rx_us + cfg.keepalive_idle_us
+            return
+        if self.snd_max != self.snd_una or len(self._sndbuf):
+            # Data is outstanding: the retransmission timer watches the peer.
+            self._ka_deadline = now_us + cfg.keepalive_interval_us
+            return
+        if self._ka_probes >= cfg.keepalive_count:
+            self._reset(errno.ETIMEDOUT)
+            return
+        self._ka_probes += 1
+        self._ka_due = True
+        self._ka_deadline = now_us + cfg.keepalive_interval_us
+
+    # -- output -------------------------------------------------------------------
+
+    def _make(
+        self, seq: int, flags: int, payload: memoryview, now_us: int, *, syn: bool = False
+    ) -> OutSegment:
+        """Build one segment with ACK, window and options; settle any owed ACK."""
+        ts: tuple[int, int] | None = None
+        if syn:
+            window = self._syn_window or min(self._rcvbuf.space, 65535)
+            self._syn_window = window
+            want_ts, want_sack, want_ws = self._syn_opts
+            passive = flags & ACK
+            wscale: int | None
+            if passive:
+                use_ts = self._ts_ok
+                wscale = self.rcv_wscale if self._ws_ok else None
+                sack_perm = self._sack_ok
+            else:
+                use_ts = want_ts
+                wscale = self.config.rcv_wscale if want_ws else None
+                sack_perm = want_sack
+            if use_ts:
+                ts = (self._tsval(now_us), self._ts_recent if passive else 0)
+            ack = self.rcv_nxt if passive else 0
+            if passive:
+                self.last_ack_sent = ack
+                self.rcv_adv = seq_add(ack, window)
+                self._ack_now = False
+                self._delack_deadline = None
+            self.segs_out += 1
+            return OutSegment(
+                seq,
+                ack,
+                flags,
+                window,
+                payload,
+                self.config.effective_mss,
+                wscale,
+                sack_perm,
+                (),
+                ts,
+            )
+        if self._ts_ok:
+            ts = (self._tsval(now_us), self._ts_recent)
+        blocks: tuple[tuple[int, int], ...] = ()
+        if self._sack_ok and self._rcvbuf.has_out_of_order:
+            rn = self.rcv_nxt
+            blocks = tuple(
+                (seq_add(rn, a), seq_add(rn, b))
+                for a, b in self._rcvbuf.sack_ranges(3 if self._ts_ok else 4)
+            )
+        ack = 0
+        window = 0
+        if flags & ACK:
+            ack = self.rcv_nxt
+            window = self._select_window()
+            self.last_ack_sent = ack
+            self._ack_now = False
+            self._delack_deadline = None
+            self._delack_bytes = 0
+        self.segs_out += 1
+        return OutSegment(seq, ack, flags, window, payload, None, None, False, blocks, ts)
+
+    def dispatch(self, now_us: int) -> list[OutSegment]:
+        """Segments to transmit now, in order (see "Output" in the module docstring)."""
+        out: list[OutSegment] = []
+        if self._rst_out:
+            for seq, ack, flags in self._rst_out:
+                out.append(OutSegment(seq, ack, flags, 0))
+            self.segs_out += len(self._rst_out)
+            self._rst_out.clear()
+        state = self.state
+        if self._send_rst:
+            self._send_rst = False
+            ts = (self._tsval(now_us), self._ts_recent) if self._ts_ok else None
+            out.append(OutSegment(self.snd_max, self.rcv_nxt, RST | ACK, 0, _EMPTY, ts=ts))
+            self.segs_out += 1
+            return out
+        if state is CLOSED or state is LISTEN:
+            return out
+        if state is SYN_SENT or state is SYN_RECEIVED:
+            if self.snd_nxt == self.iss:
+                flags = SYN if state is SYN_SENT else SYN | ACK
+                out.append(self._make(self.iss, flags, _EMPTY, now_us, syn=True))
+                self.snd_nxt = seq_add(self.iss, 1)
+                if seq_gt(self.snd_nxt, self.snd_max):
+                    self.snd_max = self.snd_nxt
+                if not self._syn_retransmitted and self._rtt_seq is None:
+                    self._rtt_seq = self.snd_nxt
+                    self._rtt_sent_us = now_us
+                if self._rtx_deadline is None:
+                    self._rtx_deadline = now_us + self._rtt.rto_us
+                self._last_send_us = now_us
+            elif self._ack_now and state is SYN_RECEIVED:
+                out.append(self._make(self.snd_max, ACK, _EMPTY, now_us))
+            self._ack_now = False
+            return out
+        if state in _OUTPUT_STATES:
+            self._output_data(out, now_us)
+        if self._probe_due:
+            self._probe_due = False
+            if not out:
+                self._send_probe(out, now_us)
+        if self._ka_due:
+            self._ka_due = False
+            if not out:
+                out.append(self._make(seq_add(self.snd_una, -1), ACK, _EMPTY, now_us))
+        if self._ack_now:
+            out.append(self._make(self.snd_max, ACK, _EMPTY, now_us))
+        self._rto_force = False
+        if state in _OUTPUT_STATES:
+            self._arm_send_timers(now_us)
+        elif state is FIN_WAIT_2 and self._app_closed and self._tw_deadline is None:
+            self._tw_deadline = now_us + self.config.fin_wait2_timeout_us
+        return out
+
+    def _send_probe(self, out: list[OutSegment], now_us: int) -> None:
+        """Persist timer expired: send what the window allows, else a zero-window probe."""
+        off = seq_sub(self.snd_nxt, self.snd_una)
+        avail = len(self._sndbuf) - off
+        wnd_left = self.snd_wnd - off
+        if avail > 0 and wnd_left > 0:
+            self._send_data(out, off, min(avail, wnd_left, self.smss), now_us)
+        else:
+            out.append(self._make(seq_add(self.snd_una, -1), ACK, _EMPTY, now_us))
+
+    def _send_data(self, out: list[OutSegment], off: int, n: int, now_us: int) -> int:
+        """Send up to `n` bytes from offset `off` of the send buffer (FIN if it ends there)."""
+        buffered = len(self._sndbuf)
+        piece = self._sndbuf.view(off, n)
+        n = len(piece)
+        end = off + n
+        flags = ACK
+        if end == buffered:
+            if n:
+                flags |= PSH
+            if self._fin_queued:
+                flags |= FIN
+        seq = self.snd_nxt
+        out.append(self._make(seq, flags, piece, now_us))
+        length = n + 1 if flags & FIN else n
+        nxt = seq_add(seq, length)
+        self.snd_nxt = nxt
+        new = seq_sub(nxt, self.snd_max)
+        if new > 0:
+            self.snd_max = nxt
+            self.bytes_sent += new - 1 if flags & FIN else new
+        if new < length:
+            # Part or all of it was sent before: a retransmission (Karn: no timing).
+            self.retransmits += 1
+            self.bytes_retrans += n
+            self._rtt_seq = None
+        elif self._rtt_seq is None and not self._in_recovery:
+            self._rtt_seq = nxt
+            self._rtt_sent_us = now_us
+        self._last_send_us = now_us
+        return n
+
+    def _output_data(self, out: list[OutSegment], now_us: int) -> None:
+        """Fast retransmission, then new data and FIN as windows, Nagle and SWS allow."""
+        sndbuf = self._sndbuf
+        smss = self.smss
+        if self._rtx_head:
+            self._rtx_head = False
+            n = min(len(sndbuf), smss)
+            saved = self.snd_nxt
+            self.snd_nxt = self.snd_una
+            if n > 0 or self._fin_queued:
+                self._send_data(out, 0, n, now_us)
+            if seq_gt(saved, self.snd_nxt):
+                self.snd_nxt = saved
+        if self.snd_max == self.snd_una and len(sndbuf) and self.snd_wnd:
+            idle = now_us - self._last_send_us
+            if idle > 0:
+                self._cc.on_idle_restart(now_us, idle, self._rtt.rto_us)
+        nodelay = self.config.nodelay or self._fin_queued
+        while True:
+            buffered = len(sndbuf)
+            off = seq_sub(self.snd_nxt, self.snd_una)
+            avail = buffered - off
+            if avail <= 0:
+                if (
+                    self._fin_queued
+                    and avail == 0
+                    and self._fin_seq is not None
+                    and self.snd_nxt == self._fin_seq
+                ):
+                    self._send_data(out, off, 0, now_us)
+                break
+            usable = self.snd_wnd - off
+            cwnd_left = self._cc.cwnd - self._pipe()
+            if cwnd_left < usable:
+                usable = cwnd_left
+            if usable <= 0:
+                if self._rto_force and off == 0:
+                    # Timeout with the window shut: the first segment goes as a probe.
+                    self._rto_force = False
+                    self._send_data(out, 0, min(avail, smss), now_us)
+                break
+            n = avail if avail < usable else usable
+            if n > self._seg_cap:
+                n = self._seg_cap
+            if n < smss:
+                unacked = self.snd_max != self.snd_una
+                if not nodelay and unacked:
+                    break  # Nagle (RFC 9293 3.7.4)
+                if n < avail and n < (self.max_snd_wnd >> 1):
+                    break  # sender SWS avoidance (RFC 9293 3.8.6.2.1)
+            elif n < avail and n > smss:
+                n -= n % smss
+            self._send_data(out, off, n, now_us)
+
+    def _arm_send_timers(self, now_us: int) -> None:
+        """Retransmission timer while anything is unacknowledged, else persist if data waits."""
+        if self.snd_max != self.snd_una:
+            if self._rtx_deadline is None:
+                self._rtx_deadline = now_us + self._rtt.rto_us
+            self._persist_deadline = None
+            self._persist_backoff = 0
+            return
+        self._rtx_deadline = None
+        waiting = len(self._sndbuf) > 0 or (
+            self._fin_queued and self._fin_seq is not None and self.snd_nxt == self._fin_seq
+        )
+        if waiting:
+            if self._persist_deadline is None:
+                rto = self._rtt.rto_us << self._persist_backoff
+                self._persist_deadline = now_us + min(rto, self.config.max_rto_us)
+        else:
+            self._persist_deadline = None
+            self._persist_backoff = 0
