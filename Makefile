@@ -34,6 +34,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	if ls tools/*.py >/dev/null 2>&1; then $(VENV)/bin/mypy tools; fi
 
 test: setup lint
 	$(VENV)/bin/pytest -q
