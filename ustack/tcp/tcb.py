@@ -874,6 +874,7 @@ class Tcb:
             "snd_wscale": self.snd_wscale,
             "rcv_wscale": self.rcv_wscale,
             "timestamps": self._ts_ok,
+            "ts_recent": self._ts_recent if self._ts_ok else None,
             "sack": self._sack_ok,
             "unacked": seq_sub(self.snd_max, self.snd_una),
             "retransmits": self.retransmits,
@@ -1022,10 +1023,16 @@ class Tcb:
             return
 
         if flags & SYN:  # never with RST: parse_tcp drops that combination
-            if state is SYN_RECEIVED and seq == self.irs and not flags & ACK:
-                # Our SYN-ACK was lost and the peer retransmitted its SYN.
-                self.snd_nxt = self.iss
-                return
+            if state is SYN_RECEIVED and seq == self.irs:
+                if not flags & ACK:
+                    # Our SYN-ACK was lost and the peer retransmitted its SYN.
+                    self.snd_nxt = self.iss
+                    return
+                if seq_gt(seg.ack, self.snd_una) and seq_le(seg.ack, self.snd_max):
+                    # Simultaneous open (RFC 9293 figure 8, line 6): the peer's
+                    # SYN-ACK acknowledges our SYN.  Linux accepts it the same way.
+                    self._establish(seg, now_us)
+                    return
             # RFC 5961 4.2: a SYN anywhere draws a challenge ACK.
             self._count(TcpDrop.SYN_CHALLENGED)
             self._challenge_ack(now_us)
@@ -1543,11 +1550,13 @@ class Tcb:
                 flags = SYN if state is SYN_SENT else SYN | ACK
                 out.append(self._make(self.iss, flags, _EMPTY, now_us, syn=True))
                 self.snd_nxt = seq_add(self.iss, 1)
-                if seq_gt(self.snd_nxt, self.snd_max):
+                if self.snd_max == self.iss:
                     self.snd_max = self.snd_nxt
-                if not self._syn_retransmitted and self._rtt_seq is None:
                     self._rtt_seq = self.snd_nxt
                     self._rtt_sent_us = now_us
+                else:
+                    self.retransmits += 1
+                    self._rtt_seq = None  # Karn
                 if self._rtx_deadline is None:
                     self._rtx_deadline = now_us + self._rtt.rto_us
                 self._last_send_us = now_us
@@ -1660,9 +1669,9 @@ class Tcb:
             n = avail if avail < usable else usable
             if n > self._seg_cap:
                 n = self._seg_cap
-            if n < smss:
-                unacked = self.snd_max != self.snd_una
-                if not nodelay and unacked:
+            if n < smss and not seq_lt(self.snd_nxt, self.snd_max):
+                # A short segment of new data (retransmissions always go, as in BSD).
+                if not nodelay and self.snd_max != self.snd_una:
                     break  # Nagle (RFC 9293 3.7.4)
                 if n < avail and n < (self.max_snd_wnd >> 1):
                     break  # sender SWS avoidance (RFC 9293 3.8.6.2.1)
