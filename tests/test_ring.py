@@ -398,3 +398,19 @@ def test_ring_without_vnet_clears_offloads_left_on_persistent_tap(topology: Topo
         frame, hdr = _kernel_tcp_data_frame(topology, ring, 8081)
     assert hdr is None
     assert len(frame) <= 1514
+
+
+def test_ring_two_queues_share_flows_of_one_tap(topology: Topology):
+    add_static_neigh(topology)
+    with (
+        Ring(topology.tap, namespace=topology.client_ns) as q0,
+        Ring(topology.tap, namespace=topology.client_ns) as q1,
+    ):
+        sock = ns_socket(topology.client_ns)
+        for port in range(20000, 20064):  # 64 flows, hashed across the queues
+            sock.sendto(b"f", (topology.ustack_addr, port))
+        sock.close()
+        time.sleep(0.05)
+        counts = [q.rx_burst(128) for q in (q0, q1)]
+    assert sum(counts) == 64
+    assert min(counts) > 0, f"one queue got nothing: {counts}"

@@ -145,3 +145,69 @@ def test_serve_without_topology_fails_with_one_line():
     )
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and "no network namespace 'ust-missing-x'" in res.stderr
+
+
+def test_ustack_resolves_kernel_mac_on_first_send(topology: Topology):
+    from ustack.runtime import close_context, open_context
+
+    sock = ns_socket(topology.client_ns)
+    sock.bind((topology.client_addr, 5353))
+    sock.settimeout(0.05)
+    ctx = open_context(name=topology.name)
+    try:
+        ctx.start()
+        usock = ctx.stack.udp_socket()
+        usock.sendto(b"first contact", (topology.client_addr, 5353))
+        data = b""
+        deadline = time.monotonic() + 5
+        while not data and time.monotonic() < deadline:
+            ctx.poll(0.05)
+            try:
+                data, addr = sock.recvfrom(100)
+            except TimeoutError:
+                continue
+        entries = ctx.stack.neighbours.entries()
+        stats = ctx.stack.stats()
+    finally:
+        close_context(ctx)
+        sock.close()
+    assert data == b"first contact"
+    assert addr == (topology.ustack_addr, usock.port)
+    kernel = next(e for e in entries if e[0] == 0xC6120001)
+    assert kernel[2] == "REACHABLE"
+    # one gratuitous announcement at start, one request to resolve the kernel
+    assert (stats["arp_out_gratuitous"], stats["arp_requests_sent"]) == (1, 1)
+    assert stats["arp_out_requests"] == 2
+    assert stats["arp_resolved"] == 1
+
+
+def test_ping_64k_echo_reassembled_and_fragmented(topology: Topology):
+    with ServerProcess(topology, "udp-echo") as srv:
+        res = ns_run(
+            topology.client_ns,
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.3",
+            "-s",
+            "65000",
+            "-W",
+            "2",
+            topology.ustack_addr,
+            check=False,
+        )
+    assert "2 received, 0% packet loss" in res.stdout, res.stdout
+    assert srv.counter("ipv4_reasm_ok") == 2
+
+
+def test_serve_pcap_records_echo_both_ways(topology: Topology, tmp_path):
+    from scapy.layers.inet import ICMP
+    from scapy.utils import rdpcap
+
+    path = tmp_path / "serve.pcap"
+    with ServerProcess(topology, "udp-echo", "--pcap", str(path)):
+        ns_run(topology.client_ns, "ping", "-c", "3", "-i", "0.1", topology.ustack_addr)
+    packets = rdpcap(str(path))
+    types = [p[ICMP].type for p in packets if p.haslayer(ICMP)]
+    assert types.count(8) == 3 and types.count(0) == 3
