@@ -1004,8 +1004,6 @@ class Tcb:
         if state is CLOSED or state is LISTEN:
             self._count(TcpDrop.CLOSED_STATE)
             return
-        self._last_rx_us = now_us
-        self._ka_probes = 0
         flags = seg.flags
         seq = seg.seq
         plen = len(payload)
@@ -1061,6 +1059,10 @@ class Tcb:
                 self._ack_unacceptable(seg, plen, now_us)
             self._count(TcpDrop.OUT_OF_WINDOW)
             return
+
+        # The peer is alive (for keepalive and the zero-window timeout).
+        self._last_rx_us = now_us
+        self._ka_probes = 0
 
         # Second: RST (RFC 5961 3.2).
         if flags & RST:
