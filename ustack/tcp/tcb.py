@@ -258,6 +258,7 @@ DUPACK_THRESHOLD: Final = 3
 """RFC 5681 3.2."""
 
 _EMPTY: Final = memoryview(b"")
+_FAST_PATH_MASK: Final = SYN | FIN | RST | ACK | 0x20  # URG: the flags the fast path rules out
 _MASK32: Final = 0xFFFFFFFF
 
 
@@ -998,6 +999,13 @@ class Tcb:
         """Process one segment for this connection (RFC 9293 3.10.7); see the module docstring."""
         self.segs_in += 1
         state = self.state
+        if (
+            state is ESTABLISHED
+            and seg.flags & _FAST_PATH_MASK == ACK
+            and seg.seq == self.rcv_nxt
+            and self._fast_path(seg, payload, now_us)
+        ):
+            return
         if state is SYN_SENT:
             self._on_segment_syn_sent(seg, payload, now_us)
             return
@@ -1111,6 +1119,66 @@ class Tcb:
         # Seventh and eighth: text and FIN.
         if (plen or fin) and self.state in _RECEIVE_STATES:
             self._on_text(seq, payload, fin, now_us)
+
+    def _fast_path(self, seg: TcpSegment, payload: Buffer, now_us: int) -> bool:
+        """Header prediction (Linux's tcp_rcv_established): the common in-order segment.
+
+        Taken in ESTABLISHED for an ACK without SYN, FIN, RST or URG at
+        exactly RCV.NXT that passes PAWS, acknowledges nothing or new data
+        within SND.MAX, carries data or new acknowledgment (a pure duplicate
+        ACK goes the slow way), fits the window, and arrives while no
+        recovery runs and no out-of-order data waits.  Such a segment passes
+        every check of RFC 9293 3.10.7.4, so the numbered steps reduce to
+        the ACK and the data; anything else returns False for the slow path.
+        """
+        ts_ok = self._ts_ok
+        ts_val = seg.ts_val
+        if ts_ok and (ts_val is None or seq_lt(ts_val, self._ts_recent)):
+            return False
+        ack = seg.ack
+        una = self.snd_una
+        acked = seq_sub(ack, una)
+        plen = len(payload)
+        if (
+            acked < 0
+            or acked > seq_sub(self.snd_max, una)
+            or (acked == 0 and plen == 0)
+            or self._in_recovery
+            or self._dupacks
+            or self._app_closed
+        ):
+            return False
+        rcvbuf = self._rcvbuf
+        if plen:
+            left = seq_sub(self.rcv_adv, self.rcv_nxt)
+            if plen > left or plen > rcvbuf.space or rcvbuf.has_out_of_order:
+                return False
+        self._last_rx_us = now_us
+        self._ka_probes = 0
+        seq = seg.seq
+        if ts_ok and ts_val is not None and seq == self.last_ack_sent:
+            self._ts_recent = ts_val
+            self._ts_recent_us = now_us
+        if acked:
+            self._ack_advance(ack, acked, seg, now_us)
+        if seq_lt(self.snd_wl1, seq) or (self.snd_wl1 == seq and seq_le(self.snd_wl2, ack)):
+            wnd = seg.window << self.snd_wscale
+            self.snd_wnd = wnd
+            self.snd_wl1 = seq
+            self.snd_wl2 = ack
+            if wnd > self.max_snd_wnd:
+                self.max_snd_wnd = wnd
+        if plen:
+            rcvbuf.write(payload)
+            self.rcv_nxt = seq_add(seq, plen)
+            self.bytes_received += plen
+            delack = self._delack_bytes + plen
+            self._delack_bytes = delack
+            if delack >= 2 * self._rcv_mss:
+                self._ack_now = True
+            elif self._delack_deadline is None:
+                self._delack_deadline = now_us + self.config.delayed_ack_us
+        return True
 
     def _on_segment_syn_sent(self, seg: TcpSegment, payload: Buffer, now_us: int) -> None:
         """RFC 9293 3.10.7.3."""
