@@ -913,6 +913,84 @@ def test_established_newreno_partial_ack_retransmits_next_hole_full_ack_ends_rec
     assert tcb.poll_at() is None
 
 
+def _sack(*pairs: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """SACK blocks given as byte offsets from L0."""
+    return tuple((s(L0 + a), s(L0 + b)) for a, b in pairs)
+
+
+def test_established_sack_recovery_retransmits_each_lost_hole_once() -> None:
+    cfg = plain(sndbuf=8000, sack=True)
+    tcb = established(cfg, sack_permitted=True)
+    tcb.send(b"d" * 6000)
+    assert len(tcb.dispatch(T1)) == 10  # segments 0..9; 0 and 2 get lost
+    t = T1 + 10 * MS
+    rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((500, 1000)))
+    expect(tcb, t, Seg(s(L0 + 5000), R0, ACK, 4000, b"d" * 500))  # limited transmit
+    rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((1500, 2000), (500, 1000)))
+    expect(tcb, t, Seg(s(L0 + 5500), R0, ACK | PSH, 4000, b"d" * 500))
+    rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((1500, 2500), (500, 1000)))
+    assert tcb.in_recovery
+    assert tcb.cwnd == 4200  # 0.7 * 6000
+    expect(tcb, t, Seg(L0, R0, ACK, 4000, b"d" * 500))  # the first segment at once
+    # pipe = 4500 >= cwnd: the unSACKed 4000 bytes above 500, where losses
+    # start (1500 SACKed above), plus the retransmitted first segment
+    rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((1500, 3000), (500, 1000)))
+    # now 1500 bytes SACKed above segment 2 make it lost too; pipe 3500 leaves
+    # room for one segment: resend it
+    expect(tcb, t, Seg(s(L0 + 1000), R0, ACK, 4000, b"d" * 500))
+    rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((1500, 3500), (500, 1000)))
+    expect(tcb, t)  # nothing else is lost, and no new data waits
+    st = tcb.stats()
+    assert (st["sacked_bytes"], st["sack_holes"]) == (2500, 2)
+    rx(tcb, t + 10 * MS, R0, s(L0 + 1000), ACK, sack_blocks=_sack((1500, 3500)))
+    expect(tcb, t + 10 * MS)  # partial ACK: nothing is lost above HighRxt
+    assert tcb.in_recovery
+    rx(tcb, t + 11 * MS, R0, s(L0 + 6000), ACK)
+    assert not tcb.in_recovery
+    assert tcb.cwnd == 4200
+    assert tcb.retransmits == 2
+    assert tcb.stats()["sacked_bytes"] == 0
+
+
+def test_established_sack_enters_recovery_before_three_dupacks_when_loss_is_clear() -> None:
+    tcb = established(plain(sndbuf=8000, sack=True), sack_permitted=True)
+    tcb.send(b"d" * 5000)
+    tcb.dispatch(T1)
+    # one ACK SACKing 1500 bytes above the first segment: IsLost(SND.UNA)
+    rx(tcb, T1 + 10 * MS, R0, L0, ACK, sack_blocks=_sack((500, 2000)))
+    assert tcb.in_recovery
+    expect(tcb, T1 + 10 * MS, Seg(L0, R0, ACK, 4000, b"d" * 500))
+
+
+def test_established_sack_blocks_outside_the_window_are_ignored() -> None:
+    tcb = established(plain(sack=True), sack_permitted=True)
+    tcb.send(b"d" * 1000)
+    tcb.dispatch(T1)
+    rx(tcb, T1 + MS, R0, L0, ACK, window=PEER_WIN + 1, sack_blocks=_sack((-100, 0), (500, 1500)))
+    rx(tcb, T1 + MS, R0, L0, ACK, window=PEER_WIN + 2, sack_blocks=_sack((0, 500)))  # D-SACK
+    assert tcb.stats()["sacked_bytes"] == 0
+    assert tcb.stats()["dupacks"] == 0
+
+
+def test_established_rto_forgets_sack_and_goes_back_skipping_what_is_sacked_again() -> None:
+    tcb = established(plain(sack=True), sack_permitted=True)
+    tcb.send(b"d" * 2000)
+    tcb.dispatch(T1)
+    rx(tcb, T1 + MS, R0, L0, ACK, sack_blocks=_sack((500, 1000)))
+    fire(tcb, T1 + 200 * MS)
+    assert tcb.stats()["sacked_bytes"] == 0  # RFC 2018 8: the receiver may renege
+    expect(tcb, T1 + 200 * MS, Seg(L0, R0, ACK, 4000, b"d" * 500))
+    t = T1 + 210 * MS
+    rx(tcb, t, R0, s(L0 + 500), ACK, sack_blocks=_sack((1000, 1500)))
+    # slow start: two segments; 1000..1500 is SACKed and skipped
+    expect(
+        tcb,
+        t,
+        Seg(s(L0 + 500), R0, ACK, 4000, b"d" * 500),
+        Seg(s(L0 + 1500), R0, ACK | PSH, 4000, b"d" * 500),
+    )
+
+
 def test_established_dupacks_without_data_in_flight_are_not_counted() -> None:
     tcb = established()
     for k in range(5):

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from ustack.tcp.recvbuf import RecvBuffer
+from ustack.tcp.sack import Scoreboard
 from ustack.tcp.sendbuf import SendBuffer
 
 # ==========================================================================
@@ -174,3 +175,68 @@ def test_recvbuf_matches_a_model_under_random_segments() -> None:
             got += r.read(rng.randrange(1, 800))
         assert r.readable + len(got) == nxt
     assert bytes(got) == stream
+
+
+# ==========================================================================
+# Scoreboard (SACK sender side)
+# ==========================================================================
+
+
+def test_scoreboard_add_merges_and_counts_new_bytes() -> None:
+    sb = Scoreboard()
+    assert sb.add(10, 20) == 10
+    assert sb.add(30, 40) == 10
+    assert sb.add(15, 35) == 10  # only 20..30 is new
+    assert sb.ranges == [(10, 40)]
+    assert sb.add(12, 18) == 0
+    assert sb.add(40, 45) == 5  # adjacent ranges merge
+    assert sb.ranges == [(10, 45)]
+    assert sb.sacked_bytes == 35
+
+
+def test_scoreboard_advance_trims_below_una() -> None:
+    sb = Scoreboard()
+    sb.add(10, 20)
+    sb.add(30, 40)
+    sb.advance(15)
+    assert sb.ranges == [(15, 20), (30, 40)]
+    assert sb.sacked_bytes == 15
+    sb.advance(35)
+    assert sb.ranges == [(35, 40)]
+    sb.advance(50)
+    assert not sb and sb.sacked_bytes == 0
+
+
+def test_scoreboard_lost_end_by_bytes_or_by_ranges() -> None:
+    sb = Scoreboard()
+    sb.add(1000, 1500)
+    assert sb.lost_end(500) is None  # 500 bytes: not more than 2 * SMSS
+    sb.add(2000, 2600)
+    assert sb.lost_end(500) == 1000  # 1100 > 1000 above 1000
+    sb2 = Scoreboard()
+    for k in range(3):
+        sb2.add(100 * k + 10, 100 * k + 11)
+    assert sb2.lost_end(500) == 10  # three discontiguous ranges above 10
+
+
+def test_scoreboard_next_unsacked_and_holes() -> None:
+    sb = Scoreboard()
+    sb.add(10, 20)
+    sb.add(30, 40)
+    assert sb.next_unsacked(0, 100) == (0, 10)
+    assert sb.next_unsacked(10, 100) == (20, 30)
+    assert sb.next_unsacked(35, 100) == (40, 100)
+    assert sb.next_unsacked(35, 40) is None
+    assert sb.sacked_in(0, 100) == 20
+    assert sb.sacked_in(15, 35) == 10
+    assert sb.holes(0) == 2
+    assert sb.holes(10) == 1
+
+
+def test_scoreboard_is_bounded() -> None:
+    sb = Scoreboard(max_ranges=2)
+    sb.add(10, 11)
+    sb.add(20, 21)
+    assert sb.add(30, 31) == 0
+    assert sb.add(21, 25) == 4
+    assert len(sb) == 2

@@ -50,9 +50,10 @@ def segment(data: st.DataObject, tcb: Tcb) -> tuple[TcpSegment, bytes]:
             st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
         )
     )
-    blocks = data.draw(
-        st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=3).map(
-            tuple
+    blocks = tuple(
+        (seq_add(tcb.snd_una, a), seq_add(tcb.snd_una, a + n))
+        for a, n in data.draw(
+            st.lists(st.tuples(st.integers(-600, 6000), st.integers(-10, 3000)), max_size=3)
         )
     )
     seg = TcpSegment(

@@ -168,3 +168,9 @@ def test_sim_clean_link_no_retransmissions() -> None:
     a, b = run(5, CONFIGS["default"], 500_000, loss=0.0, dup=0.0, jitter_us=0)
     assert a.retransmits == 0 and b.retransmits == 0
     assert a.counters == {} and b.counters == {}
+
+
+@pytest.mark.parametrize("seed", range(100, 130))
+def test_sim_short_transfers_under_very_heavy_loss(seed: int) -> None:
+    cfg = CONFIGS["default"] if seed % 2 else CONFIGS["plain"]
+    run(seed, cfg, 30_000, loss=0.15, dup=0.05, jitter_us=20_000)

@@ -231,6 +231,7 @@ from ustack.tcp.congestion import DEFAULT_CONGESTION_CONTROL, CongestionControl
 from ustack.tcp.congestion import make_congestion_control as _make_cc
 from ustack.tcp.recvbuf import RecvBuffer
 from ustack.tcp.rtt import RttEstimator
+from ustack.tcp.sack import Scoreboard
 from ustack.tcp.sendbuf import SendBuffer
 from ustack.tcp.seq import seq_add, seq_ge, seq_gt, seq_le, seq_lt, seq_sub
 from ustack.wire.tcp import ACK, FIN, MAX_WSCALE, PSH, RST, SYN, TcpSegment
@@ -467,6 +468,7 @@ class Tcb:
         "_fin_queued",
         "_fin_rcv_seq",
         "_fin_seq",
+        "_high_rxt",
         "_in_recovery",
         "_ka_deadline",
         "_ka_due",
@@ -491,6 +493,8 @@ class Tcb:
         "_rtx_deadline",
         "_rtx_head",
         "_sack_ok",
+        "_sack_rec",
+        "_sb",
         "_seg_cap",
         "_send_rst",
         "_sndbuf",
@@ -502,6 +506,7 @@ class Tcb:
         "_ts_recent",
         "_ts_recent_us",
         "_tw_deadline",
+        "_una_abs",
         "_ws_ok",
         "bytes_acked",
         "bytes_received",
@@ -598,6 +603,10 @@ class Tcb:
         self._dup_bytes = 0
         self._in_recovery = False
         self._recover = iss
+        self._sb = Scoreboard()
+        self._una_abs = 0  # SND.UNA as an absolute offset from ISS, for the scoreboard
+        self._high_rxt = 0  # RFC 6675 HighRxt (absolute), in SACK recovery
+        self._sack_rec = False  # the current recovery is RFC 6675's
         self._retries = 0
         self._syn_retransmitted = False
         self._rtt_seq: int | None = None
@@ -890,6 +899,8 @@ class Tcb:
             "segs_out": self.segs_out,
             "notsent_bytes": max(len(self._sndbuf) - seq_sub(self.snd_nxt, self.snd_una), 0),
             "ooo_bytes": self._rcvbuf.out_of_order_bytes,
+            "sacked_bytes": self._sb.sacked_bytes,
+            "sack_holes": self._sb.holes(self._una_abs),
             "congestion_control": self._cc.name,
         }
         s.update(self.counters)
@@ -963,9 +974,33 @@ class Tcb:
         self._sndbuf.clear()
 
     def _pipe(self) -> int:
-        """Bytes believed in the network: sent since SND.UNA less those duplicate ACKs report."""
-        pipe = seq_sub(self.snd_nxt, self.snd_una) - self._dup_bytes
-        return pipe if pipe > 0 else 0
+        """Bytes believed in the network (RFC 6675's pipe, or its NewReno equivalent).
+
+        Outside SACK recovery: bytes sent since SND.UNA (up to SND.NXT, which
+        a timeout rewinds) less the SACKed ones, or without SACK
+        information one segment per duplicate ACK.  In SACK recovery, RFC
+        6675 4: every unSACKed byte not considered lost, plus every unSACKed
+        byte retransmitted (below HighRxt).
+        """
+        sb = self._sb
+        if not self._sack_rec:
+            pipe = seq_sub(self.snd_nxt, self.snd_una)
+            if sb:
+                pipe -= sb.sacked_in(self._una_abs, self._una_abs + pipe)
+            else:
+                pipe -= self._dup_bytes
+            return pipe if pipe > 0 else 0
+        una = self._una_abs
+        hi = una + seq_sub(self.snd_max, self.snd_una)
+        le = sb.lost_end(self.smss, DUPACK_THRESHOLD)
+        le = una if le is None or le < una else le
+        hr = self._high_rxt
+        if hr > hi:
+            hr = hi
+        pipe = (hi - le) - sb.sacked_in(le, hi)
+        if hr > una:
+            pipe += (hr - una) - sb.sacked_in(una, hr)
+        return pipe
 
     def _window_bytes(self, left: int) -> int:
         """The window we would offer now, given `left` bytes of the advertised one remain."""
@@ -1146,6 +1181,7 @@ class Tcb:
             or self._in_recovery
             or self._dupacks
             or self._app_closed
+            or seg.sack_blocks
         ):
             return False
         rcvbuf = self._rcvbuf
@@ -1265,14 +1301,15 @@ class Tcb:
         wnd = seg.window << self.snd_wscale
         if acked > 0:
             self._ack_advance(ack, acked, seg, now_us)
-        elif (
-            acked == 0
-            and plen == 0
-            and not seg.flags & FIN
-            and wnd == self.snd_wnd
-            and self.snd_max != una
-        ):
-            self._on_dupack(now_us)
+        new_sacked = 0
+        if seg.sack_blocks and self._sack_ok and self.snd_max != self.snd_una:
+            new_sacked = self._sack_update(seg.sack_blocks)
+        if acked == 0 and self.snd_max != una:
+            # RFC 5681 2 duplicate ACK, or RFC 6675 2: an ACK that SACKs new data.
+            if new_sacked or (plen == 0 and not seg.flags & FIN and wnd == self.snd_wnd):
+                self._on_dupack(now_us)
+        elif new_sacked and not self._in_recovery:
+            self._maybe_enter_recovery(now_us)
         # Window update (SND.WL1/SND.WL2 rule); ACKs older than SND.UNA do not count.
         if acked >= 0 and (
             seq_lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and seq_le(self.snd_wl2, ack))
@@ -1313,6 +1350,9 @@ class Tcb:
             self.snd_nxt = ack
         self.bytes_acked += data
         self._retries = 0
+        self._una_abs += acked
+        if self._sb:
+            self._sb.advance(self._una_abs)
         # RTT sample: the timed segment (Karn), else TSecr (RFC 7323 4).
         rtt_seq = self._rtt_seq
         if rtt_seq is not None and seq_ge(ack, rtt_seq):
@@ -1324,9 +1364,14 @@ class Tcb:
         if self._in_recovery:
             if seq_ge(ack, self._recover):
                 self._in_recovery = False
+                self._sack_rec = False
                 self._dupacks = 0
                 self._dup_bytes = 0
                 self._cc.on_exit_recovery(now_us)
+            elif self._sack_rec:
+                # RFC 6675: NextSeg picks what to send; HighRxt never lags SND.UNA.
+                if self._high_rxt < self._una_abs:
+                    self._high_rxt = self._una_abs
             else:
                 # Partial ACK: retransmit the next hole; what it covered beyond one
                 # segment had been counted as left the network by duplicate ACKs.
@@ -1349,17 +1394,49 @@ class Tcb:
     def _on_dupack(self, now_us: int) -> None:
         self._dupacks += 1
         self._dup_bytes += self.smss
-        if self._in_recovery or self._dupacks != DUPACK_THRESHOLD:
-            return
-        # RFC 6582 3.2 step 2: only if the ACK covers more than `recover`.
+        if not self._in_recovery:
+            self._maybe_enter_recovery(now_us)
+
+    def _maybe_enter_recovery(self, now_us: int) -> None:
+        """Fast retransmit: DupThresh duplicate ACKs, or with SACK IsLost(SND.UNA)."""
+        if self._dupacks < DUPACK_THRESHOLD:
+            if not self._sack_ok:
+                return
+            lost_end = self._sb.lost_end(self.smss, DUPACK_THRESHOLD)
+            if lost_end is None or lost_end <= self._una_abs:
+                return
+        # RFC 6582 3.2 step 2 (and RFC 6675 5 step 2): not again for data sent
+        # before the last recovery or timeout.
         if not seq_ge(self.snd_una, self._recover):
             return
         flight = seq_sub(self.snd_max, self.snd_una)
         self._recover = self.snd_max
         self._in_recovery = True
+        self._sack_rec = self._sack_ok
+        self._high_rxt = self._una_abs
         self._cc.on_enter_recovery(now_us, flight)
-        self._rtx_head = True
+        self._rtx_head = True  # RFC 6675 5 step 4.3 / RFC 6582: the first segment at once
         self._rtt_seq = None
+
+    def _abs(self, seq: int) -> int:
+        """Sequence number -> absolute offset (valid within the send window)."""
+        return self._una_abs + seq_sub(seq, self.snd_una)
+
+    def _sack_update(self, blocks: tuple[tuple[int, int], ...]) -> int:
+        """Add the peer's SACK blocks to the scoreboard; return the newly SACKed bytes.
+
+        A block must lie within (SND.UNA, SND.MAX] (RFC 2018 / RFC 6675 3);
+        others, D-SACK blocks (RFC 2883) among them, are ignored.
+        """
+        una = self.snd_una
+        flight = seq_sub(self.snd_max, una)
+        new = 0
+        for left, right in blocks:
+            a = seq_sub(left, una)
+            b = seq_sub(right, una)
+            if 0 < a < b <= flight:
+                new += self._sb.add(self._una_abs + a, self._una_abs + b)
+        return new
 
     def _on_text(self, dseq: int, payload: Buffer, fin: int, now_us: int) -> None:
         """Seventh and eighth steps: `payload` starts at sequence number `dseq`."""
@@ -1505,10 +1582,13 @@ class Tcb:
             self._retries += 1
             self._cc.on_rto(now_us, seq_sub(self.snd_max, self.snd_una))
             self._in_recovery = False
+            self._sack_rec = False
             self._recover = self.snd_max
             self._dupacks = 0
             self._dup_bytes = 0
             self._rtx_head = False
+            # RFC 2018 8: the receiver may have reneged; forget what it SACKed.
+            self._sb.clear()
             self.snd_nxt = self.snd_una
             self._rto_force = True
         self._rtt_seq = None
@@ -1706,17 +1786,35 @@ class Tcb:
             self.snd_nxt = self.snd_una
             if n > 0 or self._fin_queued:
                 self._send_data(out, 0, n, now_us)
+                if self._sack_rec and self._high_rxt < self._una_abs + n:
+                    self._high_rxt = self._una_abs + n
             if seq_gt(saved, self.snd_nxt):
                 self.snd_nxt = saved
+        if self._sack_rec:
+            self._output_sack_recovery(out, now_us)
+            return
         if self.snd_max == self.snd_una and len(sndbuf) and self.snd_wnd:
             idle = now_us - self._last_send_us
             if idle > 0:
                 self._cc.on_idle_restart(now_us, idle, self._rtt.rto_us)
         nodelay = self.config.nodelay or self._fin_queued
+        sb = self._sb
         while True:
             buffered = len(sndbuf)
             off = seq_sub(self.snd_nxt, self.snd_una)
             avail = buffered - off
+            gap = avail
+            if sb and avail > 0 and seq_lt(self.snd_nxt, self.snd_max):
+                # Going back after a timeout: skip what the peer has SACKed since.
+                pos = self._una_abs + off
+                hole = sb.next_unsacked(pos, self._una_abs + buffered)
+                if hole is None:
+                    self.snd_nxt = seq_add(self.snd_una, buffered)
+                    continue
+                if hole[0] != pos:
+                    self.snd_nxt = seq_add(self.snd_nxt, hole[0] - pos)
+                    continue
+                gap = hole[1] - pos
             if avail <= 0:
                 if (
                     self._fin_queued
@@ -1739,6 +1837,8 @@ class Tcb:
             n = avail if avail < usable else usable
             if n > self._seg_cap:
                 n = self._seg_cap
+            if n > gap:
+                n = gap
             if n < smss and not seq_lt(self.snd_nxt, self.snd_max):
                 # A short segment of new data (retransmissions always go, as in BSD).
                 if not nodelay and self.snd_max != self.snd_una:
@@ -1748,6 +1848,52 @@ class Tcb:
             elif n < avail and n > smss:
                 n -= n % smss
             self._send_data(out, off, n, now_us)
+
+    def _output_sack_recovery(self, out: list[OutSegment], now_us: int) -> None:
+        """RFC 6675 5 step (C): send while cwnd - pipe >= 1 SMSS, choosing with NextSeg.
+
+        NextSeg's rules 1 (retransmit the first lost unSACKed byte above
+        HighRxt) and 2 (new data) are followed.  Rule 3 (retransmit any
+        unSACKed byte, a SHOULD) and the rescue retransmission of rule 4
+        (a MAY) are left out, as in Linux: they mostly resend data sent a
+        moment ago; a lost tail is left to the retransmission timer.
+        """
+        sb = self._sb
+        smss = self.smss
+        sndbuf = self._sndbuf
+        nodelay = self.config.nodelay or self._fin_queued
+        while self._cc.cwnd - self._pipe() >= smss:
+            una = self._una_abs
+            data_hi = una + len(sndbuf)
+            sent_hi = una + seq_sub(self.snd_max, self.snd_una)
+            if sent_hi > data_hi:
+                sent_hi = data_hi  # a FIN in flight is the timer's business
+            start = self._high_rxt if self._high_rxt > una else una
+            # Rule 1: the first unSACKed byte above HighRxt that IsLost.
+            lost_end = sb.lost_end(smss, DUPACK_THRESHOLD)
+            hole = None
+            if lost_end is not None and start < lost_end:
+                hole = sb.next_unsacked(start, min(lost_end, sent_hi))
+            if hole is None:
+                # Rule 2: new data, if the peer's window and Nagle allow a segment.
+                off = seq_sub(self.snd_nxt, self.snd_una)
+                avail = len(sndbuf) - off
+                wnd_left = self.snd_wnd - off
+                n = min(avail, wnd_left, smss)
+                if n > 0 and (n >= smss or (n == avail and nodelay)):
+                    self._send_data(out, off, n, now_us)
+                    continue
+                if avail == 0 and self._fin_queued and self.snd_nxt == self._fin_seq:
+                    self._send_data(out, off, 0, now_us)
+                    continue
+                return
+            pos, end = hole
+            n = min(end - pos, smss)
+            saved = self.snd_nxt
+            self.snd_nxt = seq_add(self.snd_una, pos - una)
+            n = self._send_data(out, pos - una, n, now_us)
+            self.snd_nxt = saved
+            self._high_rxt = pos + n
 
     def _arm_send_timers(self, now_us: int) -> None:
         """Retransmission timer while anything is unacknowledged, else persist if data waits."""
