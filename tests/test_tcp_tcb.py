@@ -285,6 +285,15 @@ def test_syn_sent_synack_without_options_turns_them_off() -> None:
     assert tcb.smss == 500  # no MSS option: 536 (RFC 9293 3.7.1), less than ours
 
 
+def test_syn_sent_tiny_peer_mss_is_clamped() -> None:
+    tcb = Tcb.connect(LOCAL, REMOTE, ISS, T0, PLAIN)
+    tcb.dispatch(T0)
+    rx(tcb, T1, IRS, L0, SYN | ACK, mss=1)
+    assert tcb.smss == 48  # Linux's tcp_min_snd_mss
+    tcb.send(b"x" * 100)
+    assert [len(o.payload) for o in tcb.dispatch(T1)] == [48, 48]  # Nagle holds 4
+
+
 def test_syn_sent_rst_with_acceptable_ack_is_refused() -> None:
     tcb = Tcb.connect(LOCAL, REMOTE, ISS, T0, PLAIN)
     tcb.dispatch(T0)
@@ -873,6 +882,19 @@ def test_established_timeout_after_max_retries_is_etimedout() -> None:
     expect(tcb, T1 + 1400 * MS)
     with pytest.raises(TimeoutError):
         tcb.send(b"x")
+
+
+def test_established_user_timeout_bounds_retransmission_time() -> None:
+    tcb = established(plain(user_timeout_us=500 * MS))
+    tcb.send(b"a")
+    tcb.dispatch(T1)
+    fire(tcb, T1 + 200 * MS)  # first retransmission: the clock starts
+    tcb.dispatch(T1 + 200 * MS)
+    fire(tcb, T1 + 600 * MS)  # 400 ms since: retransmit again
+    assert len(tcb.dispatch(T1 + 600 * MS)) == 1
+    fire(tcb, T1 + 1400 * MS)  # 1200 ms since
+    assert state(tcb) == "CLOSED"
+    assert tcb.error == errno.ETIMEDOUT
 
 
 def _ten_segments_in_flight(config: TcpConfig) -> Tcb:

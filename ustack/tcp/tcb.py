@@ -76,6 +76,13 @@ min(buffer / 2, MSS), or not at all.
 Input (on_segment), in RFC 9293 3.10.7 order
 --------------------------------------------
 
+Fast path (Linux's header prediction): in ESTABLISHED, an ACK without
+SYN, FIN, RST, URG or SACK blocks at exactly RCV.NXT that passes PAWS,
+acknowledges nothing or new data, carries data or new acknowledgment and
+fits the window, while no recovery runs and no out-of-order data waits,
+passes every check below by construction; `_fast_path` does only its ACK
+and data steps.  Everything else takes the numbered steps.
+
 SYN-SENT follows 3.10.7.3 (an ACK outside (ISS, SND.NXT] is answered with
 <SEQ=SEG.ACK><CTL=RST>; a RST counts only with an acceptable ACK and gives
 ECONNREFUSED; a SYN without ACK is a simultaneous open: SYN-RECEIVED and a
@@ -83,7 +90,9 @@ SYN-ACK).  The other states follow 3.10.7.4:
 
 0. PAWS (RFC 7323 5.3): a segment whose TSval is older than TS.Recent is
    dropped and answered with an ACK, unless it is a RST.  TS.Recent older
-   than 24 days is no longer trusted (5.5).
+   than 24 days is no longer trusted (5.5).  A segment without timestamps
+   on a connection that negotiated them is accepted, as Linux does (RFC
+   7323 3.2 lets a receiver accept it).
 1. Sequence check with the acceptability table of 3.10.7.4.  Like Linux,
    a bare FIN at RCV.NXT is accepted with a zero window, and a segment at
    RCV.NXT with a zero window is accepted for its ACK (the data is dropped,
@@ -196,11 +205,23 @@ retransmission, or covers data sent after it) gives a sample from TSecr
 
 Congestion control is the `congestion` module's (CUBIC by default);
 the Tcb tells it when data is ACKed, when fast retransmit starts and a
-full ACK ends recovery (NewReno, RFC 6582, with `recover` guarding
-against repeated fast retransmits after a timeout), on a timeout and
-after idle.  The retransmission timer is restarted by every partial ACK
-(RFC 6582 "slow but steady").  SACK blocks received are not used yet
-(recovery is NewReno even with SACK); SACK blocks are sent.
+full ACK ends recovery, on a timeout and after idle.  Loss recovery:
+
+- With SACK negotiated, RFC 6675: SACK blocks within (SND.UNA, SND.MAX]
+  fill a scoreboard (`sack.Scoreboard`; D-SACK and bogus blocks are
+  ignored).  Recovery starts on DupThresh (3) duplicate ACKs, an ACK that
+  SACKs new data counting as one, or as soon as IsLost(SND.UNA).  The
+  first segment is resent at once; then, while cwnd - pipe >= SMSS, the
+  first lost unSACKed segment above HighRxt is resent, else new data is
+  sent (NextSeg rules 1 and 2; rules 3 and 4 are left out, as Linux does).
+- Without SACK, NewReno (RFC 6582): the first segment is resent on the
+  third duplicate ACK and again after each partial ACK.
+- Both: `recover` keeps a timeout or a recovery from being followed by
+  another fast retransmit for data sent before it; a full ACK (SND.MAX at
+  entry) ends recovery with cwnd = ssthresh; the retransmission timer is
+  restarted by every partial ACK (RFC 6582 "slow but steady").  A timeout
+  forgets the scoreboard (RFC 2018 8: the receiver may have reneged);
+  going back after it skips ranges SACKed again since.
 
 Challenge ACKs (RFC 5961 7): a per-connection token bucket,
 `challenge_ack_per_s` (default 10) with the same burst.  Linux limits
@@ -214,9 +235,13 @@ TS.Recent, or without timestamps its sequence number is beyond RCV.NXT)
 and returns an ISS for it above our old sequence space; the Stack then
 frees this Tcb and hands the SYN to the listener.
 
+The peer's MSS option is clamped to at least 48 bytes (Linux's
+tcp_min_snd_mss, against CVE-2019-11477-style resource exhaustion);
+without the option it is 536 (RFC 9293 3.7.1).
+
 Not implemented: urgent data (RFC 6093 deprecates it; URG is ignored),
-SACK-based loss recovery (RFC 6675) and D-SACK, ECN, path MTU discovery,
-data on SYN (it is ignored; the peer retransmits it), TCP Fast Open.
+D-SACK use, RACK-TLP (RFC 8985), ECN, path MTU discovery, data on SYN (it
+is ignored; the peer retransmits it), TCP Fast Open, pacing.
 """
 
 from __future__ import annotations
@@ -251,6 +276,8 @@ Endpoint = tuple[int, int]
 
 DEFAULT_PEER_MSS: Final = 536
 """MSS assumed when the peer's SYN has no MSS option (RFC 9293 3.7.1, RFC 1122 4.2.2.6)."""
+MIN_PEER_MSS: Final = 48
+"""Smallest peer MSS honoured (Linux's tcp_min_snd_mss)."""
 PAWS_IDLE_US: Final = 24 * 86_400 * 1_000_000
 """RFC 7323 5.5: TS.Recent is invalid after 24 days of idleness."""
 TS_OPTION_LEN: Final = 12
@@ -377,6 +404,10 @@ class TcpConfig:
     syn_retries: int = 6
     synack_retries: int = 5
     max_retries: int = 15
+    user_timeout_us: int | None = None
+    """RFC 9293 USER TIMEOUT (Linux's TCP_USER_TIMEOUT): ETIMEDOUT once data has
+    gone unacknowledged this long after its first retransmission; None: only
+    `max_retries` counts."""
     tso_max_bytes: int | None = None
     """Largest segment data the device segments for us (TSO); None: one MSS."""
     max_ooo_ranges: int = 32
@@ -492,6 +523,7 @@ class Tcb:
         "_rtt_seq",
         "_rtx_deadline",
         "_rtx_head",
+        "_rtx_since_us",
         "_sack_ok",
         "_sack_rec",
         "_sb",
@@ -608,6 +640,7 @@ class Tcb:
         self._high_rxt = 0  # RFC 6675 HighRxt (absolute), in SACK recovery
         self._sack_rec = False  # the current recovery is RFC 6675's
         self._retries = 0
+        self._rtx_since_us = 0  # first retransmission of the unacknowledged data
         self._syn_retransmitted = False
         self._rtt_seq: int | None = None
         self._rtt_sent_us = 0
@@ -703,7 +736,7 @@ class Tcb:
         else:
             self.snd_wscale = 0
             self.rcv_wscale = 0
-        peer_mss = syn.mss if syn.mss else DEFAULT_PEER_MSS
+        peer_mss = DEFAULT_PEER_MSS if syn.mss is None else max(syn.mss, MIN_PEER_MSS)
         self._mss_base = min(peer_mss, cfg.effective_mss)
         opt = TS_OPTION_LEN if self._ts_ok else 0
         self.smss = max(self._mss_base - opt, 1)
@@ -1572,7 +1605,12 @@ class Tcb:
             if self.snd_max == self.snd_una:
                 self._rtx_deadline = None
                 return
-            if self._retries >= cfg.max_retries:
+            if self._retries == 0:
+                self._rtx_since_us = now_us
+            user_timeout = cfg.user_timeout_us
+            if self._retries >= cfg.max_retries or (
+                user_timeout is not None and now_us - self._rtx_since_us >= user_timeout
+            ):
                 zero_window_peer_alive = (
                     self.snd_wnd == 0 and now_us - self._last_rx_us <= cfg.max_rto_us
                 )
