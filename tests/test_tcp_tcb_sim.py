@@ -1,5 +1,8 @@
 """Two control blocks over a seeded lossy, reordering, duplicating in-memory link.
 
+Every segment goes through emit_tcp and parse_tcp, so the option layout
+and checksums the control block asks for are exercised too.
+
 A fake clock jumps from event to event (the next delivery or the next
 timer of either side).  Each side writes its whole stream, shuts down its
 write side, reads everything and closes; the test checks that each side
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ustack.tcp.tcb import OutSegment, State, Tcb, TcpConfig
-from ustack.wire.tcp import SYN, TcpSegment
+from ustack.wire.tcp import SYN, TCP_HLEN, TcpSegment, emit_tcp, options_len, parse_tcp
 
 A = (0xC6120001, 40000)
 B = (0xC6120002, 80)
@@ -24,24 +27,41 @@ ISS_A = 2**32 - 1000
 ISS_B = 2**32 - 3000
 
 
-def to_segment(o: OutSegment, src: tuple[int, int], dst: tuple[int, int]) -> TcpSegment:
-    ts_val, ts_ecr = o.ts if o.ts is not None else (None, None)
-    return TcpSegment(
-        src[1],
-        dst[1],
-        o.seq,
-        o.ack,
-        o.flags,
-        o.window,
-        0,
-        20,
-        o.mss,
-        o.wscale,
-        o.sack_permitted,
-        o.sack_blocks,
-        ts_val,
-        ts_ecr,
+def on_the_wire(
+    o: OutSegment, src: tuple[int, int], dst: tuple[int, int]
+) -> tuple[TcpSegment, bytes]:
+    """Emit `o` with emit_tcp and parse it back with parse_tcp, checksum and all."""
+    hlen = TCP_HLEN + options_len(
+        mss=o.mss,
+        wscale=o.wscale,
+        sack_permitted=o.sack_permitted,
+        sack_blocks=o.sack_blocks,
+        ts=o.ts,
     )
+    n = len(o.payload)
+    buf = bytearray(hlen + n)
+    buf[hlen:] = o.payload
+    emit_tcp(
+        buf,
+        0,
+        sport=src[1],
+        dport=dst[1],
+        seq=o.seq,
+        ack=o.ack,
+        flags=o.flags,
+        window=o.window,
+        src=src[0],
+        dst=dst[0],
+        payload_len=n,
+        mss=o.mss,
+        wscale=o.wscale,
+        sack_permitted=o.sack_permitted,
+        sack_blocks=o.sack_blocks,
+        ts=o.ts,
+    )
+    seg = parse_tcp(buf, 0, len(buf), src[0], dst[0])
+    assert isinstance(seg, TcpSegment), seg
+    return seg, bytes(buf[seg.header_len :])
 
 
 @dataclass
@@ -100,7 +120,7 @@ def run(
     a = Side(Tcb.connect(A, B, ISS_A, now, config), rng.randbytes(size))
     b = Side(None, rng.randbytes(size))
     for o in a.tcb.dispatch(now):  # type: ignore[union-attr]
-        link.put(now, 1, to_segment(o, A, B), bytes(o.payload))
+        link.put(now, 1, *on_the_wire(o, A, B))
     for _ in range(1_000_000):
         deadlines = [link.queue[0][0]] if link.queue else []
         for side in (a, b):
@@ -130,7 +150,7 @@ def run(
             if tcb.eof and side.shut:
                 tcb.close()
             for o in tcb.dispatch(now):
-                link.put(now, to, to_segment(o, src, dst), bytes(o.payload))
+                link.put(now, to, *on_the_wire(o, src, dst))
     else:
         pytest.fail("simulation did not finish")
     assert a.tcb is not None and b.tcb is not None

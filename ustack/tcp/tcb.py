@@ -48,7 +48,9 @@ ports or addresses: the Stack has them from `local` and `remote`.
 The application side is `send`, `recv`, `recv_into`, `shutdown_write`,
 `close` and `abort`, and the properties `state`, `readable_bytes`,
 `send_space`, `eof` and `error`.  `recv` returns b"" both when nothing is
-readable yet and at end of stream; `eof` tells them apart.  Misuse
+readable yet and at end of stream; `eof` tells them apart.  Data that
+arrived before a reset stays readable (as on Linux); `error` says why the
+connection ended.  Misuse
 (sending after shutdown_write, on a connection that failed or was never
 open) raises an OSError subclass with the errno a kernel socket gives.
 A peer that breaks the protocol never raises: its segment is dropped and
@@ -261,6 +263,7 @@ from ustack.tcp.sendbuf import SendBuffer
 from ustack.tcp.seq import seq_add, seq_ge, seq_gt, seq_le, seq_lt, seq_sub
 from ustack.wire.tcp import ACK, FIN, MAX_WSCALE, PSH, RST, SYN, TcpSegment
 from ustack.wire.types import Buffer, WritableBuffer
+from ustack.wire.types import tuple_new as _tuple_new
 
 __all__ = [
     "DEFAULT_PEER_MSS",
@@ -1714,7 +1717,9 @@ class Tcb:
             self._delack_deadline = None
             self._delack_bytes = 0
         self.segs_out += 1
-        return OutSegment(seq, ack, flags, window, payload, None, None, False, blocks, ts)
+        return _tuple_new(
+            OutSegment, (seq, ack, flags, window, payload, None, None, False, blocks, ts)
+        )
 
     def dispatch(self, now_us: int) -> list[OutSegment]:
         """Segments to transmit now, in order (see "Output" in the module docstring)."""
