@@ -1419,6 +1419,54 @@ def test_fin_wait_2_data_after_close_resets() -> None:
     expect(tcb, T1 + 20 * MS, Seg(s(L0 + 1), R0, RST | ACK, 0))
 
 
+def test_close_wait_rst_resets() -> None:
+    tcb = established()
+    rx(tcb, T1 + MS, R0, L0, FIN | ACK)
+    rx(tcb, T1 + 2 * MS, s(R0 + 1), 0, RST)
+    assert state(tcb) == "CLOSED"
+    assert tcb.error == errno.ECONNRESET
+
+
+def test_last_ack_rst_closes_without_error() -> None:
+    tcb = established()
+    rx(tcb, T1 + MS, R0, L0, FIN | ACK)
+    tcb.close()
+    tcb.dispatch(T1 + MS)
+    rx(tcb, T1 + 2 * MS, s(R0 + 1), 0, RST)
+    assert state(tcb) == "CLOSED"
+    assert tcb.error is None  # the application is done with it already
+    assert tcb.poll_at() is None
+
+
+def test_closing_rst_closes_without_error() -> None:
+    tcb = established()
+    tcb.close()
+    tcb.dispatch(T1 + MS)
+    rx(tcb, T1 + 2 * MS, R0, L0, FIN | ACK)
+    rx(tcb, T1 + 3 * MS, s(R0 + 1), 0, RST)
+    assert state(tcb) == "CLOSED"
+    assert tcb.error is None
+
+
+def test_fin_wait_1_rst_after_half_close_is_a_reset() -> None:
+    tcb = established()
+    tcb.shutdown_write()
+    tcb.dispatch(T1 + MS)
+    rx(tcb, T1 + 2 * MS, R0, 0, RST)
+    assert state(tcb) == "CLOSED"
+    assert tcb.error == errno.ECONNRESET  # the application may still be reading
+
+
+def test_syn_received_simultaneous_open_rst_is_refused() -> None:
+    tcb = Tcb.connect(LOCAL, REMOTE, ISS, T0, PLAIN)
+    tcb.dispatch(T0)
+    rx(tcb, T0 + 5 * MS, IRS, 0, SYN, mss=500)
+    tcb.dispatch(T0 + 5 * MS)
+    rx(tcb, T1, R0, 0, RST)
+    assert state(tcb) == "CLOSED"
+    assert tcb.error == errno.ECONNREFUSED
+
+
 def test_time_wait_retransmitted_fin_is_acked_and_restarts_the_timer() -> None:
     tcb = established()
     tcb.close()
