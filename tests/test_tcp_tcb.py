@@ -603,6 +603,16 @@ def test_established_out_of_order_sends_sack_blocks_most_recent_first() -> None:
     )
 
 
+def test_established_out_of_order_ranges_are_bounded() -> None:
+    tcb = established(plain(max_ooo_ranges=2))
+    rx(tcb, T1 + MS, s(R0 + 100), L0, ACK, b"a")
+    rx(tcb, T1 + MS, s(R0 + 200), L0, ACK, b"b")
+    rx(tcb, T1 + MS, s(R0 + 300), L0, ACK, b"c")  # a third range: refused
+    assert tcb.stats()["ooo_bytes"] == 2
+    assert tcb.counters == {TcpDrop.OOO_RANGES: 1}
+    expect(tcb, T1 + MS, Seg(L0, R0, ACK, 4000))
+
+
 def test_established_data_partly_beyond_window_is_trimmed_and_acked() -> None:
     tcb = established()
     rx(tcb, T1 + MS, s(R0 + 3800), L0, ACK, b"z" * 500)
@@ -801,6 +811,18 @@ def test_established_send_buffer_bounds_send() -> None:
     tcb.dispatch(T1)
     rx(tcb, T1 + 10 * MS, R0, s(L0 + 1000), ACK)
     assert tcb.send_space == 1000
+
+
+def test_established_idle_longer_than_rto_restarts_from_the_initial_window() -> None:
+    tcb = established(plain(sndbuf=8000))
+    tcb.send(b"a" * 5000)
+    tcb.dispatch(T1)
+    ack_all(tcb, T1 + 10 * MS)
+    assert tcb.cwnd == 6000  # slow start: +2 SMSS for the one ACK (RFC 3465 L = 2)
+    t = T1 + 10 * MS + S  # idle for 1 s > RTO (RFC 5681 4.1)
+    tcb.send(b"b" * 6000)
+    assert len(tcb.dispatch(t)) == 10  # cwnd back to IW = 5000
+    assert tcb.cwnd == 5000
 
 
 def test_established_tso_segments_are_whole_multiples_of_mss() -> None:
