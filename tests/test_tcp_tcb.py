@@ -1298,6 +1298,15 @@ def test_established_out_of_order_fin_waits_for_the_hole() -> None:
     expect(tcb, T1 + 2 * MS, Seg(L0, s(R0 + 201), ACK, 3799))
 
 
+def test_established_early_bare_fin_is_processed_when_the_data_arrives() -> None:
+    tcb = established()
+    rx(tcb, T1 + MS, s(R0 + 100), L0, FIN | ACK)
+    expect(tcb, T1 + MS, Seg(L0, R0, ACK, 4000))
+    rx(tcb, T1 + 2 * MS, R0, L0, ACK | PSH, b"a" * 100)
+    assert state(tcb) == "CLOSE-WAIT"
+    expect(tcb, T1 + 2 * MS, Seg(L0, s(R0 + 101), ACK, 3899))
+
+
 def test_close_wait_close_sends_fin_and_last_ack_closes() -> None:
     tcb = established()
     rx(tcb, T1 + MS, R0, L0, FIN | ACK)

@@ -1223,7 +1223,12 @@ class Tcb:
         rcvbuf = self._rcvbuf
         if plen:
             left = seq_sub(self.rcv_adv, self.rcv_nxt)
-            if plen > left or plen > rcvbuf.space or rcvbuf.has_out_of_order:
+            if (
+                plen > left
+                or plen > rcvbuf.space
+                or rcvbuf.has_out_of_order
+                or self._fin_rcv_seq is not None
+            ):
                 return False
         self._last_rx_us = now_us
         self._ka_probes = 0
