@@ -77,9 +77,12 @@ class Link:
     n: int = 0
     sent: int = 0
     lost: int = 0
+    trace: list[tuple[int, int, TcpSegment, bytes]] | None = None
 
     def put(self, now_us: int, to: int, seg: TcpSegment, payload: bytes) -> None:
         self.sent += 1
+        if self.trace is not None:
+            self.trace.append((now_us, to, seg, payload))
         if self.rng.random() < self.loss:
             self.lost += 1
             return
@@ -112,10 +115,16 @@ class Side:
 
 
 def run(
-    seed: int, config: TcpConfig, size: int, loss: float, dup: float, jitter_us: int
+    seed: int,
+    config: TcpConfig,
+    size: int,
+    loss: float,
+    dup: float,
+    jitter_us: int,
+    trace: list[tuple[int, int, TcpSegment, bytes]] | None = None,
 ) -> tuple[Tcb, Tcb]:
     rng = random.Random(seed)
-    link = Link(rng, loss, dup, 5_000, jitter_us)
+    link = Link(rng, loss, dup, 5_000, jitter_us, trace=trace)
     now = 1_000_000
     a = Side(Tcb.connect(A, B, ISS_A, now, config), rng.randbytes(size))
     b = Side(None, rng.randbytes(size))
@@ -194,3 +203,18 @@ def test_sim_clean_link_no_retransmissions() -> None:
 def test_sim_short_transfers_under_very_heavy_loss(seed: int) -> None:
     cfg = CONFIGS["default"] if seed % 2 else CONFIGS["plain"]
     run(seed, cfg, 30_000, loss=0.15, dup=0.05, jitter_us=20_000)
+
+
+@pytest.mark.parametrize("name", ["default", "plain"])
+def test_sim_fast_path_changes_nothing_on_the_wire(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header-prediction fast path is an optimisation only: with it turned
+    off, the same seeded run puts exactly the same segments on the wire."""
+    fast: list[tuple[int, int, TcpSegment, bytes]] = []
+    run(21, CONFIGS[name], 300_000, loss=0.03, dup=0.02, jitter_us=4_000, trace=fast)
+    monkeypatch.setattr(Tcb, "_fast_path", lambda self, seg, payload, now_us: False)
+    slow: list[tuple[int, int, TcpSegment, bytes]] = []
+    run(21, CONFIGS[name], 300_000, loss=0.03, dup=0.02, jitter_us=4_000, trace=slow)
+    assert len(fast) == len(slow)
+    assert fast == slow
