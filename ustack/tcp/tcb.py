@@ -3,8 +3,8 @@
 Owns everything about one connection from the first SYN to CLOSED: the
 eleven states, the send and receive sequence spaces, the option
 negotiation (MSS, window scale and timestamps of RFC 7323, SACK-permitted
-of RFC 2018), retransmission with RFC 6298 timers, fast retransmit and
-NewReno recovery (RFC 5681, RFC 6582), flow control with silly window
+of RFC 2018), retransmission with RFC 6298 timers, fast retransmit with
+SACK-based (RFC 6675) or NewReno (RFC 6582) recovery, flow control with silly window
 avoidance on both sides (RFC 9293 3.8.6), Nagle (RFC 896), delayed ACKs
 (RFC 1122 4.2.3.2, RFC 5681 4.2), zero-window probing, keepalive, PAWS
 (RFC 7323 5) and the blind-attack defences of RFC 5961.  It never reads a
@@ -50,9 +50,9 @@ The application side is `send`, `recv`, `recv_into`, `shutdown_write`,
 `send_space`, `eof` and `error`.  `recv` returns b"" both when nothing is
 readable yet and at end of stream; `eof` tells them apart.  Data that
 arrived before a reset stays readable (as on Linux); `error` says why the
-connection ended.  Misuse
-(sending after shutdown_write, on a connection that failed or was never
-open) raises an OSError subclass with the errno a kernel socket gives.
+connection ended.  Misuse (sending after shutdown_write, on a connection
+that failed or was never open) raises an OSError subclass with the errno
+a kernel socket gives.
 A peer that breaks the protocol never raises: its segment is dropped and
 counted in `counters` under a `TcpDrop` reason.  The Stack may free the
 Tcb once `state` is CLOSED and `dispatch` has been called.
@@ -149,10 +149,11 @@ owed ACK.
 
 Sending data, per RFC 9293 3.7 and 3.8:
 - usable = min(SND.UNA + SND.WND - SND.NXT, cwnd - pipe), where pipe is
-  the bytes sent since SND.UNA minus one segment per duplicate ACK
-  (RFC 6582's accounting without window inflation: the first two
-  duplicate ACKs each let one new segment out, as RFC 3042 limited
-  transmit does).
+  the bytes sent since SND.UNA less those the peer SACKed, or without
+  SACK information less one segment per duplicate ACK (RFC 6582's
+  accounting without window inflation: the first two duplicate ACKs each
+  let one new segment out, as RFC 3042 limited transmit does).  In SACK
+  recovery pipe is RFC 6675's (see below).
 - A segment is at most `smss` bytes (the peer's MSS less our option
   bytes), or, with `tso_max_bytes` above the MSS, up to that many bytes
   rounded down to whole `smss` so the device cuts full segments.
@@ -161,6 +162,7 @@ Sending data, per RFC 9293 3.7 and 3.8:
   data is waiting than it carries, only if it is at least half the
   largest window the peer ever offered (sender SWS avoidance, 3.8.6.2.1).
   Otherwise the persist timer's expiry overrides (the "override timeout").
+  Retransmissions are never held back by either rule (BSD does the same).
 - The FIN rides on the last data segment, or goes alone, whatever the
   windows say (Linux).
 
@@ -183,6 +185,8 @@ Timers (one deadline each; `poll_at` is their minimum):
   expiry gives ETIMEDOUT.  With the peer's window at zero a timeout
   resends the first segment anyway, as a probe, and the connection times
   out only if the peer has said nothing for `max_rto_us` (Linux).
+  `user_timeout_us`, when set, also bounds the time from the first
+  retransmission (RFC 9293's USER TIMEOUT, Linux's TCP_USER_TIMEOUT).
 - delayed ACK: `delayed_ack_us` after the first unacknowledged segment.
 - persist (RFC 9293 3.8.6.1): runs while data waits, nothing is in flight
   and the window stops it; RTO-based with back-off up to `max_rto_us`.  On
