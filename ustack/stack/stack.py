@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 from ustack.dev.base import HEADROOM, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, FrameDevice
 from ustack.errors import PoolExhaustedError
+from ustack.ratelimit import TokenBucket
 from ustack.stack.interface import Interface
 from ustack.stack.neighbour import NeighbourCache
-from ustack.stack.ratelimit import TokenBucket
 from ustack.stack.reassembly import Reassembler
 from ustack.stack.udp import UdpSocket, UdpTable
 from ustack.wire.arp import ARP_LEN, OP_REPLY, OP_REQUEST, emit_arp, parse_arp

@@ -258,6 +258,7 @@ import os
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
+from ustack.ratelimit import TokenBucket
 from ustack.tcp.congestion import DEFAULT_CONGESTION_CONTROL, CongestionControl
 from ustack.tcp.congestion import make_congestion_control as _make_cc
 from ustack.tcp.recvbuf import RecvBuffer
@@ -496,8 +497,7 @@ class Tcb:
         "_active",
         "_app_closed",
         "_cc",
-        "_chal_last_us",
-        "_chal_tokens",
+        "_challenge_bucket",
         "_delack_bytes",
         "_delack_deadline",
         "_dup_bytes",
@@ -659,8 +659,8 @@ class Tcb:
         self._tw_deadline: int | None = None
         self._last_rx_us = 0
         self._last_send_us = 0
-        self._chal_tokens = config.challenge_ack_per_s * 1_000_000
-        self._chal_last_us = 0
+        rate = config.challenge_ack_per_s
+        self._challenge_bucket = TokenBucket(rate, rate)
         self._oow_last_us: int | None = None
         self.counters: dict[str, int] = {}
         self.bytes_acked = 0
@@ -693,7 +693,6 @@ class Tcb:
         tcb.state = SYN_SENT
         tcb._last_rx_us = now_us
         tcb._last_send_us = now_us
-        tcb._chal_last_us = now_us
         return tcb
 
     @classmethod
@@ -719,7 +718,6 @@ class Tcb:
         tcb._ts_offset = ts_offset & _MASK32
         tcb._last_rx_us = now_us
         tcb._last_send_us = now_us
-        tcb._chal_last_us = now_us
         tcb._take_syn(syn, now_us)
         tcb.state = SYN_RECEIVED
         return tcb
@@ -964,13 +962,7 @@ class Tcb:
 
     def _challenge_ack(self, now_us: int) -> None:
         """RFC 5961 7: send an ACK unless the per-connection bucket is empty."""
-        rate = self.config.challenge_ack_per_s
-        elapsed = now_us - self._chal_last_us
-        if elapsed > 0:
-            self._chal_tokens = min(rate * 1_000_000, self._chal_tokens + elapsed * rate)
-            self._chal_last_us = now_us
-        if self._chal_tokens >= 1_000_000:
-            self._chal_tokens -= 1_000_000
+        if self._challenge_bucket.take(now_us):
             self._ack_now = True
         else:
             self._count(TcpDrop.CHALLENGE_LIMITED)

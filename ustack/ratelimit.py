@@ -1,7 +1,9 @@
-"""Token bucket for ICMP error messages (RFC 1812 4.3.2.8, RFC 1122 3.2.2).
+"""Token bucket for rate limits that protocol machines need.
 
-Defaults follow Linux (net.ipv4.icmp_msgs_per_sec = 1000,
-icmp_msgs_burst = 50).  Time is passed in, in microseconds.
+Used for ICMP errors (RFC 1812 4.3.2.8, RFC 1122 3.2.2; the defaults follow
+Linux: net.ipv4.icmp_msgs_per_sec = 1000, icmp_msgs_burst = 50) and for
+TCP challenge ACKs (RFC 5961 7).  Time is passed in, in microseconds;
+nothing here imports the rest of ustack.
 """
 
 from __future__ import annotations
