@@ -128,6 +128,10 @@ class Context:
         if not self._started:
             self.start()
         stack = self.stack
+        if self.device.tx_pending:
+            # What the application sent since the last poll leaves now, not
+            # after another receive burst.
+            stack.flush()
         end = None if timeout is None else self.clock() + int(timeout * 1_000_000)
         while True:
             self.poll_once()

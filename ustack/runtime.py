@@ -7,14 +7,16 @@ counters grouped by layer, like `netstat -s`.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
 
 from ustack.dev.pcap import PcapWriter
 from ustack.dev.ring import Ring
+from ustack.errors import TopologyError
 from ustack.loop import Context
 from ustack.stack.interface import Interface
 from ustack.stack.stack import Stack
-from ustack.topology import DEFAULT_NAME, TAP_IFNAME, TAP_PREFIX, USTACK_ADDR
+from ustack.topology import DEFAULT_NAME, TAP_IFNAME, TAP_PREFIX, USTACK_ADDR, Topology
 
 DEFAULT_ADDR = f"{USTACK_ADDR}/{TAP_PREFIX}"
 
@@ -31,6 +33,9 @@ def open_context(
     """A Context on the TAP of topology `name` (from `ustack up`)."""
     iface = Interface.from_config(addr, mac=mac, gateway=gateway)
     ring = Ring(TAP_IFNAME, namespace=name)
+    if not Topology(name).wait_tap_up():
+        ring.close()
+        raise TopologyError(errno.ETIMEDOUT, f"the TAP of topology {name} did not come up")
     if pcap:
         ring.pcap = PcapWriter(pcap)
     return Context(ring, Stack(ring, iface), poll=poll)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -134,6 +135,22 @@ class Topology:
                 )
             _ensure_addr(ipr, found[0], KERNEL_ADDR, VETH_PREFIX)
             ipr.link("set", index=found[0], state="up")
+
+    def wait_tap_up(self, timeout_s: float = 3.0) -> bool:
+        """Wait until the kernel sees the TAP's carrier (a queue is attached).
+
+        The kernel applies carrier changes asynchronously (linkwatch, up to a
+        second later); until then it drops what it sends to the TAP.
+        """
+        deadline = time.monotonic() + timeout_s
+        with IPRoute(netns=self.client_ns) as ipr:
+            while True:
+                links = ipr.get_links(ifname=self.tap)
+                if links and links[0].get("IFLA_OPERSTATE") == "UP":
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
 
     # -- removing --------------------------------------------------------
 

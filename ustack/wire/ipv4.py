@@ -10,6 +10,9 @@ IPv4 addresses are host-order integers everywhere in ustack.
 """
 
 import struct
+from socket import AF_INET as _AF_INET
+from socket import inet_ntoa as _inet_ntoa
+from socket import inet_pton as _inet_pton
 from typing import NamedTuple
 
 from ustack.wire.checksum import checksum
@@ -34,6 +37,7 @@ _FRAG_MASK = 0x1FFF
 
 # version/ihl, tos, total length, ident, flags/fragment, ttl, proto, checksum, src, dst
 _HDR = struct.Struct("!BBHHHBBHII")
+_U32 = struct.Struct("!I")
 _CSUM = struct.Struct("!H")
 _CSUM_OFF = 10
 
@@ -179,26 +183,20 @@ def emit_ipv4(
 
 def ip_to_str(addr: int) -> str:
     """0xC6120002 -> "198.18.0.2"."""
-    if not 0 <= addr <= 0xFFFFFFFF:
-        raise ValueError(f"an IPv4 address is an integer in 0..2**32-1, got {addr}")
-    return f"{addr >> 24}.{(addr >> 16) & 0xFF}.{(addr >> 8) & 0xFF}.{addr & 0xFF}"
+    try:
+        return _inet_ntoa(_U32.pack(addr))
+    except struct.error:
+        raise ValueError(f"an IPv4 address is an integer in 0..2**32-1, got {addr}") from None
 
 
 def ip_from_str(text: str) -> int:
     """ "198.18.0.2" -> 0xC6120002 (dotted quad only, no leading zeros)."""
-    parts = text.split(".")
-    addr = 0
-    for part in parts:
-        if (
-            not part.isascii()
-            or not part.isdigit()
-            or len(part) > 3
-            or (len(part) > 1 and part[0] == "0")
-            or int(part) > 255
-        ):
-            break
-        addr = (addr << 8) | int(part)
-    else:
-        if len(parts) == 4:
-            return addr
-    raise ValueError(f"not a dotted-quad IPv4 address: {text!r}; expected e.g. 198.18.0.2")
+    # inet_pton is strict where inet_aton is not: four decimal parts, no
+    # leading zeros, no shorthand forms such as "127.1".
+    try:
+        value: int = _U32.unpack(_inet_pton(_AF_INET, text))[0]
+    except (OSError, TypeError, UnicodeEncodeError):
+        raise ValueError(
+            f"not a dotted-quad IPv4 address: {text!r}; expected e.g. 198.18.0.2"
+        ) from None
+    return value
