@@ -95,6 +95,9 @@ class FrameDevice:
         # TX slots follow the RX slots in the pool; the free list is a stack
         # so the most recently used (cache-warm) slot is reused first.
         self._tx_free: list[int] = list(range(rx_slots + tx_slots - 1, rx_slots - 1, -1))
+        # The queued slots also as Python ints, so that tx_burst returns them
+        # to the free list without re-creating an int per frame from C memory.
+        self._tx_queued: list[int] = []
         self._tx_pending = 0
         self.pcap: PcapWriter | None = None
 
@@ -161,6 +164,7 @@ class FrameDevice:
         n = self._tx_pending
         self._tx_slot[n] = slot
         self._tx_len[n] = length
+        self._tx_queued.append(slot)
         self._tx_pending = n + 1
 
     def tx_free(self, slot: int) -> None:
@@ -182,10 +186,8 @@ class FrameDevice:
         try:
             return self._write_burst(n)
         finally:
-            free = self._tx_free
-            slots = self._tx_slot
-            for i in range(n):
-                free.append(slots[i])
+            self._tx_free.extend(self._tx_queued)
+            self._tx_queued.clear()
 
     def _write_burst(self, n: int) -> int:
         raise NotImplementedError
