@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from pyroute2 import IPRoute
 
 from ustack import netns
+from ustack.dev.ring import Ring
 from ustack.topology import Topology
 
 # A MAC for the ustack side when a test plays that side by hand.
@@ -45,3 +47,16 @@ def snmp_counter(ns: str, proto: str, field: str) -> int:
         lines = [line.split() for line in f if line.startswith(proto + ":")]
     names, values = lines[0], lines[1]
     return int(values[names.index(field)])
+
+
+def attach(topo: Topology, **kwargs: Any) -> Ring:
+    """A ring on the topology's TAP, returned once the kernel sees its carrier.
+
+    The kernel brings the TAP's carrier up asynchronously after the first
+    queue attaches; what it sends before that is dropped.
+    """
+    ring = Ring(topo.tap, namespace=topo.client_ns, **kwargs)
+    if not topo.wait_tap_up():
+        ring.close()
+        raise AssertionError(f"TAP of {topo.name} did not come up")
+    return ring

@@ -9,8 +9,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from tests.kernel import USTACK_MAC, add_static_neigh, ns_socket, tap_mac
-from ustack.dev import PcapWriter, Ring
+from tests.kernel import USTACK_MAC, add_static_neigh, attach, ns_socket, tap_mac
+from ustack.dev import PcapWriter
 from ustack.topology import Topology
 
 pytestmark = pytest.mark.netns
@@ -26,7 +26,7 @@ def test_pcap_records_rx_and_tx_frames_exactly(topology: Topology, tmp_path):
         / UDP(sport=1, dport=2)
         / b"out"
     )
-    with Ring(topology.tap, namespace=topology.client_ns) as ring:
+    with attach(topology) as ring:
         ring.pcap = PcapWriter(path)
         sock = ns_socket(topology.client_ns)
         for i in range(5):

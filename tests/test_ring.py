@@ -11,7 +11,15 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.kernel import USTACK_MAC, add_static_neigh, delete_link, ns_socket, snmp_counter, tap_mac
+from tests.kernel import (
+    USTACK_MAC,
+    add_static_neigh,
+    attach,
+    delete_link,
+    ns_socket,
+    snmp_counter,
+    tap_mac,
+)
 from ustack.dev.ring import (
     OFFLOAD_CSUM,
     OFFLOAD_TSO4,
@@ -57,7 +65,7 @@ def send_frames(ring: Ring, frames: list[bytes]) -> int:
 def test_ring_udp_from_kernel_arrives_byte_exact(topology: Topology):
     add_static_neigh(topology)
     kmac = tap_mac(topology)
-    with Ring(topology.tap, namespace=topology.client_ns) as ring:
+    with attach(topology) as ring:
         sock = ns_socket(topology.client_ns)
         sock.bind((topology.client_addr, 40000))
         payloads = [bytes([i]) * (1 + 97 * i) for i in range(10)]
@@ -85,7 +93,7 @@ def test_ring_udp_from_kernel_arrives_byte_exact(topology: Topology):
 
 def test_ring_icmp_from_kernel_has_valid_checksums(topology: Topology):
     add_static_neigh(topology)
-    with Ring(topology.tap, namespace=topology.client_ns) as ring:
+    with attach(topology) as ring:
         subprocess.run(
             [
                 "ip",
@@ -131,7 +139,7 @@ def test_ring_tx_burst_reaches_kernel_udp_socket(topology: Topology):
         )
         for i in range(100)
     ]
-    with Ring(topology.tap, namespace=topology.client_ns) as ring:
+    with attach(topology) as ring:
         assert send_frames(ring, frames) == 100
         got = {}
         for _ in range(100):
@@ -148,7 +156,7 @@ def test_ring_tx_burst_reaches_kernel_udp_socket(topology: Topology):
 
 def test_ring_one_burst_returns_many_frames(topology: Topology):
     add_static_neigh(topology)
-    with Ring(topology.tap, namespace=topology.client_ns) as ring:
+    with attach(topology) as ring:
         sock = ns_socket(topology.client_ns)
         for _ in range(200):
             sock.sendto(b"x" * 10, (topology.ustack_addr, 9))
@@ -165,7 +173,7 @@ def test_ring_one_burst_returns_many_frames(topology: Topology):
 
 def test_ring_wait_times_out_then_wakes(topology: Topology):
     add_static_neigh(topology)
-    with Ring(topology.tap, namespace=topology.client_ns) as ring:
+    with attach(topology) as ring:
         t0 = time.monotonic()
         assert ring.wait(100) is False
         assert time.monotonic() - t0 >= 0.09
@@ -179,7 +187,7 @@ def test_ring_wait_times_out_then_wakes(topology: Topology):
 
 
 def test_ring_pool_exhausted_raises_and_counts(topology: Topology):
-    with Ring(topology.tap, namespace=topology.client_ns, tx_slots=4) as ring:
+    with attach(topology, tx_slots=4) as ring:
         slots = [ring.tx_alloc() for _ in range(4)]
         assert len(set(slots)) == 4
         with pytest.raises(PoolExhaustedError, match="all 4 transmit slots"):
@@ -194,7 +202,7 @@ def test_ring_tx_burst_returns_slots_to_pool(topology: Topology):
     frame = bytes(
         Ether(dst=kmac, src=USTACK_MAC) / IP(src="198.18.0.2", dst="198.18.0.1") / UDP() / b"z"
     )
-    with Ring(topology.tap, namespace=topology.client_ns, tx_slots=8) as ring:
+    with attach(topology, tx_slots=8) as ring:
         for _ in range(50):
             assert send_frames(ring, [frame] * 8) == 8
         assert ring.tx_free_count() == 8
@@ -202,7 +210,7 @@ def test_ring_tx_burst_returns_slots_to_pool(topology: Topology):
 
 
 def test_ring_device_vanishes_raises_and_counts(topology: Topology):
-    with Ring(topology.tap, namespace=topology.client_ns) as ring:
+    with attach(topology) as ring:
         delete_link(topology.client_ns, topology.tap)
         with pytest.raises(DeviceGoneError, match="is gone"):
             ring.rx_burst(8)
@@ -379,7 +387,7 @@ def _kernel_tcp_data_frame(
 def test_vnet_rx_tso_superframe_described(topology: Topology):
     add_static_neigh(topology)
     offloads = OFFLOAD_CSUM | OFFLOAD_TSO4
-    with Ring(topology.tap, namespace=topology.client_ns, vnet_hdr=True, offloads=offloads) as ring:
+    with attach(topology, vnet_hdr=True, offloads=offloads) as ring:
         frame, hdr = _kernel_tcp_data_frame(topology, ring, 8080)
     assert hdr is not None
     assert hdr.gso_type == VNET_GSO_TCPV4
@@ -392,9 +400,9 @@ def test_vnet_rx_tso_superframe_described(topology: Topology):
 def test_ring_without_vnet_clears_offloads_left_on_persistent_tap(topology: Topology):
     add_static_neigh(topology)
     offloads = OFFLOAD_CSUM | OFFLOAD_TSO4
-    with Ring(topology.tap, namespace=topology.client_ns, vnet_hdr=True, offloads=offloads):
+    with attach(topology, vnet_hdr=True, offloads=offloads):
         pass
-    with Ring(topology.tap, namespace=topology.client_ns) as ring:
+    with attach(topology) as ring:
         frame, hdr = _kernel_tcp_data_frame(topology, ring, 8081)
     assert hdr is None
     assert len(frame) <= 1514
@@ -403,8 +411,8 @@ def test_ring_without_vnet_clears_offloads_left_on_persistent_tap(topology: Topo
 def test_ring_two_queues_share_flows_of_one_tap(topology: Topology):
     add_static_neigh(topology)
     with (
-        Ring(topology.tap, namespace=topology.client_ns) as q0,
-        Ring(topology.tap, namespace=topology.client_ns) as q1,
+        attach(topology) as q0,
+        attach(topology) as q1,
     ):
         sock = ns_socket(topology.client_ns)
         for port in range(20000, 20064):  # 64 flows, hashed across the queues

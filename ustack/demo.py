@@ -77,6 +77,7 @@ def run_demo(name: str) -> int:
     topo.up()
     try:
         with Ring(topo.tap, namespace=topo.client_ns) as ring:
+            topo.wait_tap_up()
             print(
                 f"== ring attached to {topo.tap} in netns {topo.client_ns} "
                 f"(pool {ring.rx_slots}+{ring.tx_slots} slots of {ring.slot_size} B, "
