@@ -54,7 +54,6 @@ import contextlib
 import gc
 import json
 import os
-import platform
 import random
 import signal
 import socket
@@ -68,6 +67,7 @@ from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import Any, TextIO
 
+from benchlib import int_list, machine_info, progress
 from pyroute2 import IPRoute
 from ustack._ring import ffi, lib
 
@@ -171,15 +171,11 @@ def wait_for_quiet(cpus: Sequence[int], limit_s: float) -> float:
         waited = time.monotonic() - t0
         if busy <= QUIET_BUSY or waited >= limit_s:
             if noted:
-                _progress(f"  (waited {waited:.0f} s for other work to finish)")
+                progress(f"  (waited {waited:.0f} s for other work to finish)")
             return waited
         if not noted:
-            _progress(f"  (CPUs {busy:.0%} busy with other work: waiting up to {limit_s:g} s)")
+            progress(f"  (CPUs {busy:.0%} busy with other work: waiting up to {limit_s:g} s)")
             noted = True
-
-
-def _progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- frames ------------------------------------------------------------------
@@ -647,7 +643,7 @@ def run_rx_stream(
             if _quiet(stolen) or attempt == MAX_RETRIES:
                 break
             row.retries += 1
-            _progress(f"  (rx stream {row.label} {row.size} B: {stolen:.1%} stolen, again)")
+            progress(f"  (rx stream {row.label} {row.size} B: {stolen:.1%} stolen, again)")
             _retry_pause(attempt)
         row.rates.append(s.rate)
         row.source_rates.append(source_rate)
@@ -655,7 +651,7 @@ def run_rx_stream(
         row.stolen.append(stolen)
         if s.polls > 0:
             row.empty_fractions.append(s.empty / s.polls)
-        _progress(
+        progress(
             f"  [{rep + 1}/{cfg.repeat}] rx stream  {row.label:<10} {row.size:>5} B"
             f" {s.rate / 1e6:6.3f} M/s  (source {source_rate / 1e6:.3f},"
             f" dropped {row.drop_rates[-1] / 1e6:.3f}, stolen {stolen:.1%})"
@@ -698,7 +694,7 @@ def run_rx_backlog(ring: Ring, sources: Sources, cfg: Config, rows: list[Row], r
         for d in todo:
             d.row.rates.append(d.frames * 1e9 / d.elapsed_ns)
             d.row.stolen.append(d.stolen)
-            _progress(
+            progress(
                 f"  [{rep + 1}/{cfg.repeat}] rx backlog {d.row.label:<10} {size:>5} B"
                 f" {d.row.rates[-1] / 1e6:6.3f} M/s  (queue ~{min(d.row.queued)} frames,"
                 f" slice {d.slice_ns / 1e6:.0f} ms, stolen {d.stolen:.1%})"
@@ -750,11 +746,11 @@ def run_tx(ring: Ring, cfg: Config, rows: list[Row], rep: int) -> None:
             if _quiet(stolen) or attempt == MAX_RETRIES:
                 break
             row.retries += 1
-            _progress(f"  (tx {row.label} {row.size} B: {stolen:.1%} stolen, again)")
+            progress(f"  (tx {row.label} {row.size} B: {stolen:.1%} stolen, again)")
             _retry_pause(attempt)
         row.rates.append(s.rate)
         row.stolen.append(stolen)
-        _progress(
+        progress(
             f"  [{rep + 1}/{cfg.repeat}] tx         {row.label:<10} {row.size:>5} B"
             f" {s.rate / 1e6:6.3f} M/s  (stolen {stolen:.1%})"
         )
@@ -860,24 +856,6 @@ def run_alloc_checks(ring: Ring, sources: Sources, cfg: Config) -> list[AllocChe
 
 
 # -- reporting ---------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
 
 
 def find(rows: Sequence[Row], side: str, size: int, mode: str, burst: int | None) -> Row | None:
@@ -1031,10 +1009,6 @@ def report(
 # -- main --------------------------------------------------------------------
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description="Frames/s of the C poll-mode ring vs os.read/os.write and a C loop."
@@ -1051,12 +1025,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--reader-cpu", type=int, default=1, help="CPU of this process (1)")
     ap.add_argument(
         "--source-cpus",
-        type=_int_list,
+        type=int_list,
         default=[0],
         help="CPUs of the traffic sources, one process each, comma-separated (0)",
     )
-    ap.add_argument("--sizes", type=_int_list, default=list(FRAME_SIZES), help="frame sizes")
-    ap.add_argument("--bursts", type=_int_list, default=list(BURSTS), help="burst sizes")
+    ap.add_argument("--sizes", type=int_list, default=list(FRAME_SIZES), help="frame sizes")
+    ap.add_argument("--bursts", type=int_list, default=list(BURSTS), help="burst sizes")
     ap.add_argument(
         "--only",
         choices=("stream", "backlog", "tx"),
@@ -1114,7 +1088,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: CPU {cpu} is not available (have {sorted(allowed)})", file=sys.stderr)
             return 2
     if cfg.reader_cpu in cfg.source_cpus:
-        _progress(f"warning: the reader shares CPU {cfg.reader_cpu} with a source")
+        progress(f"warning: the reader shares CPU {cfg.reader_cpu} with a source")
     for size in cfg.sizes:
         build_frame(size)
 
@@ -1156,7 +1130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tap.set_txqlen(setup["tap_txqlen"])
             if "tx" in parts:
                 run_tx(ring, cfg, tx, rep)
-        _progress("allocation check")
+        progress("allocation check")
         allocs = run_alloc_checks(ring, sources, cfg)
         c1 = ring.stats()
         counters = {k: c1[k] - c0[k] for k in c1 if c1[k] != c0[k]}

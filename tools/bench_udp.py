@@ -57,7 +57,6 @@ import errno
 import gc
 import json
 import os
-import platform
 import re
 import select
 import signal
@@ -70,6 +69,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import IO, Any, cast
+
+from benchlib import int_list, machine_info, progress
 
 from ustack import netns
 from ustack.topology import Topology
@@ -94,10 +95,6 @@ _SEQ = struct.Struct("!Q")
 _ICMP = struct.Struct("!BBHHH")
 _COUNTER = re.compile(r"^\s{4}(\S+)\s+(-?[\d.]+)$")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _pin(cpu: int) -> None:
@@ -662,9 +659,9 @@ def run_one(topo: Topology, cfg: Config, test: Test, target: str) -> Result:
         server.stop()
     res = make_result(test, target, w, server.counters, sorted({cfg.server_cpu, cfg.client_cpu}))
     if res.samples == 0 or "Traceback" in server.output:
-        _progress(f"warning: {test.name} on {target}: server said:\n{server.output}")
+        progress(f"warning: {test.name} on {target}: server said:\n{server.output}")
     lat = f"p50 {res.p50_us:7.1f} us  p99 {res.p99_us:7.1f} us" if res.p50_us is not None else ""
-    _progress(
+    progress(
         f"  {test.name:<9} {target:<9} {res.rate:>10,.0f}/s  {lat}"
         f"  lost {res.lost}  server CPU {res.server_cpu:.0%}"
         f"  client CPU {res.client_cpu:.0%}  other CPU {res.other_cpu:.0%}"
@@ -683,7 +680,7 @@ def run_all(topo: Topology, cfg: Config, tests: Sequence[Test]) -> list[Result]:
                 res.attempts = attempt
                 if res.other_cpu <= cfg.max_other:
                     break
-                _progress(
+                progress(
                     f"  {test.name:<9} {target:<9} {res.other_cpu:.0%} of the CPU time went to"
                     f" something else (> {cfg.max_other:.0%})"
                     + ("; again" if attempt <= cfg.retries else "; keeping it")
@@ -693,24 +690,6 @@ def run_all(topo: Topology, cfg: Config, tests: Sequence[Test]) -> list[Result]:
 
 
 # -- reporting ----------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
 
 
 def _target_label(r: Result) -> tuple[str, str]:
@@ -810,10 +789,6 @@ def report(
 # -- main ---------------------------------------------------------------------
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def _str_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -828,11 +803,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--window", type=int, default=RATE_WINDOW, help="rate: datagrams in flight")
     ap.add_argument("--rate-size", type=int, default=RATE_SIZE, help="rate: payload bytes (64)")
     ap.add_argument(
-        "--sizes", type=_int_list, default=list(LATENCY_SIZES), help="UDP ping-pong payloads"
+        "--sizes", type=int_list, default=list(LATENCY_SIZES), help="UDP ping-pong payloads"
     )
     ap.add_argument(
         "--rate-clients",
-        type=_int_list,
+        type=int_list,
         default=list(RATE_CLIENTS),
         help="client processes of the rate tests, comma-separated (1,2)",
     )
@@ -932,20 +907,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     _pin(client_cpu)
     background = quiet_wait(args.quiet_wait)
     if any(b > 0.05 for b in background.values()):
-        _progress(
+        progress(
             "warning: the machine is not idle: "
             + ", ".join(f"CPU {c} {b:.0%} busy" for c, b in background.items())
         )
     topo = Topology(f"ustbu{os.getpid()}")
     try:
         topo.up()
-        _progress(
+        progress(
             f"topology {topo.name} up; placement {cfg.placement}"
             f" (server CPU {server_cpu}, client CPU {client_cpu})"
         )
         results = run_all(topo, cfg, tests)
     except KeyboardInterrupt:
-        _progress("interrupted")
+        progress("interrupted")
         return 130
     finally:
         topo.down()
