@@ -651,3 +651,53 @@ def test_random_traffic_keeps_bounds_and_accounts_every_item(steps: list[tuple[i
     c = cache.counters
     assert c["drop_arp_unresolved"] == failed_count
     assert c["drop_arp_queue_full"] + c["drop_arp_table_full"] == refused
+
+
+# ---- confirmation from IPv4 traffic (workers) ------------------------------
+
+
+def test_confirm_learns_absent_neighbour_as_reachable():
+    cache: NeighbourCache[str] = NeighbourCache()
+    assert cache.confirm(PEER, MAC_P, T0) == []
+    assert cache.entries() == [(PEER, MAC_P, "REACHABLE")]
+    assert cache.lookup(PEER, T0 + 1) == MAC_P
+    assert nonzero(cache) == {"arp_learned_from_ip": 1}
+
+
+def test_confirm_releases_queue_of_incomplete_entry_in_order():
+    cache: NeighbourCache[str] = NeighbourCache()
+    for item in ("a", "b"):
+        assert cache.queue(PEER, item, T0) == (True, [])
+    assert cache.poll(T0) == ([PEER], [])
+    assert cache.confirm(PEER, MAC_P, T0 + 10) == [(MAC_P, "a"), (MAC_P, "b")]
+    assert cache.queued_total == 0
+    assert cache.entries() == [(PEER, MAC_P, "REACHABLE")]
+    # Resolved: no further request, no failure later.
+    assert cache.poll(T0 + 10 * S) == ([], [])
+
+
+def test_confirm_refreshes_stale_entry_so_no_probe_is_sent():
+    cache: NeighbourCache[str] = NeighbourCache()
+    resolved(cache, PEER, MAC_P, T0)
+    later = T0 + cache.reachable_us + 1
+    assert cache.poll(later) == ([], [])
+    assert cache.entries() == [(PEER, MAC_P, "STALE")]
+    assert cache.confirm(PEER, MAC_P, later + 1) == []
+    assert cache.entries() == [(PEER, MAC_P, "REACHABLE")]
+    assert cache.lookup(PEER, later + 2) == MAC_P
+    assert cache.poll(later + 2) == ([], [])
+
+
+def test_confirm_with_new_mac_replaces_old():
+    cache: NeighbourCache[str] = NeighbourCache()
+    resolved(cache, PEER, MAC_P, T0)
+    assert cache.confirm(PEER, MAC_Q, T0 + 1) == []
+    assert cache.lookup(PEER, T0 + 2) == MAC_Q
+
+
+def test_confirm_respects_table_bound():
+    cache: NeighbourCache[str] = NeighbourCache(max_entries=1)
+    resolved(cache, PEER, MAC_P, T0)
+    assert cache.confirm(OTHER, MAC_O, T0 + 1) == []
+    assert len(cache) == 1
+    assert cache.counters["arp_table_full"] == 1

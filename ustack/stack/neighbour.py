@@ -195,6 +195,7 @@ class NeighbourCache(Generic[T]):
             "arp_requests_sent": 0,  # IPs returned by poll() to send a request for
             "arp_resolved": 0,  # INCOMPLETE entries that got a MAC
             "arp_learned": 0,  # entries created from ARP addressed to us
+            "arp_learned_from_ip": 0,  # entries created by confirm() (workers)
             "arp_failed": 0,  # INCOMPLETE or PROBE entries removed after `retries` requests
             "arp_entries_expired": 0,  # STALE entries removed after stale_us
             "arp_entries_evicted": 0,  # STALE entries removed early to make room
@@ -374,6 +375,46 @@ class NeighbourCache(Generic[T]):
         self._queued_total -= len(entry.queue)
         entry.queue = []
         return reply_needed, released
+
+    def confirm(self, ip: int, mac: bytes, now_us: int) -> list[tuple[bytes, T]]:
+        """IPv4 traffic from on-link `ip` arrived from Ethernet address `mac`.
+
+        Used when several stacks share one address and one link (workers on
+        the queues of one multi-queue TAP): an ARP reply lands on whichever
+        queue the kernel picks, so a worker may never see the answer to its
+        own request, while the frames of its own flows always reach it.
+        Such a frame is taken as confirmation, like a request for us
+        (REACHABLE, learning if absent; Linux's upper-layer confirmation).
+        Returns the queued items released, as `on_arp` does.  Callers must
+        already have dropped martian, broadcast and multicast sources.
+        """
+        entry = self._entries.get(ip)
+        if entry is not None and now_us < entry.reachable_until_us and entry.mac == mac:
+            return []
+        if entry is None:
+            if len(self._entries) >= self.max_entries and not self._make_room(now_us):
+                self.counters["arp_table_full"] += 1
+                return []
+            until_us = now_us + self.reachable_us
+            self._entries[ip] = _Entry(_REACHABLE, bytes(mac), until_us)
+            if until_us < self._deadline_us:
+                self._deadline_us = until_us
+            self.counters["arp_learned_from_ip"] += 1
+            return []
+        was_incomplete = entry.state is _INCOMPLETE
+        entry.mac = bytes(mac)
+        entry.state = _REACHABLE
+        until_us = now_us + self.reachable_us
+        entry.reachable_until_us = until_us
+        entry.requests_sent = 0
+        self._set_deadline(entry, until_us)
+        if not was_incomplete:
+            return []
+        self.counters["arp_resolved"] += 1
+        released = [(entry.mac, item) for item in entry.queue]
+        self._queued_total -= len(entry.queue)
+        entry.queue = []
+        return released
 
     # ---- timers ----------------------------------------------------------
 

@@ -26,7 +26,9 @@ from ustack.ratelimit import TokenBucket
 from ustack.stack.interface import Interface
 from ustack.stack.neighbour import NeighbourCache
 from ustack.stack.reassembly import Reassembler
+from ustack.stack.tcp import TcpLayer
 from ustack.stack.udp import UdpSocket, UdpTable
+from ustack.tcp.tcb import TcpConfig
 from ustack.wire.arp import ARP_LEN, OP_REPLY, OP_REQUEST, emit_arp, parse_arp
 from ustack.wire.drop import Drop
 from ustack.wire.ethernet import (
@@ -51,6 +53,7 @@ from ustack.wire.icmp import (
 from ustack.wire.ipv4 import (
     IPV4_HLEN,
     PROTO_ICMP,
+    PROTO_TCP,
     PROTO_UDP,
     IPv4Header,
     emit_ipv4,
@@ -87,6 +90,8 @@ class Stack:
         neighbours: NeighbourCache[tuple[int, int]] | None = None,
         reassembler: Reassembler | None = None,
         icmp_limit: TokenBucket | None = None,
+        tcp_config: TcpConfig | None = None,
+        learn_from_ip: bool = False,
     ) -> None:
         if iface.mtu + ETH_HLEN > device.tx_capacity:
             raise ValueError(
@@ -95,6 +100,8 @@ class Stack:
             )
         self.dev = device
         self.iface = iface
+        # Workers sharing one address on a multi-queue TAP (see NeighbourCache.confirm).
+        self.learn_from_ip = learn_from_ip
         # A neighbour queue may hold at most a quarter of the transmit slots,
         # so resolution never starves the rest of the stack of buffers.
         self.neighbours: NeighbourCache[tuple[int, int]] = neighbours or NeighbourCache(
@@ -103,8 +110,9 @@ class Stack:
         self.reassembler = reassembler or Reassembler()
         self.icmp_limit = icmp_limit or TokenBucket()
         self.udp = UdpTable()
-        self.transports: dict[int, TransportHandler] = {}
         self.counters: Counter[str] = Counter()
+        self.tcp = TcpLayer(self, tcp_config)
+        self.transports: dict[int, TransportHandler] = {}
         self.ready: list[UdpSocket] = []
         self._ident = 0
         self._now_us = 0
@@ -133,10 +141,16 @@ class Stack:
             except Exception:
                 self.counters["drop_internal_error"] += 1
 
+    @property
+    def now_us(self) -> int:
+        """The clock as of the last burst, timer run or flush."""
+        return self._now_us
+
     def on_timer(self, now_us: int) -> None:
         self._now_us = now_us
         self._poll_neighbours()
         self.reassembler.expire(now_us)
+        self.tcp.on_timer(now_us)
 
     def _poll_neighbours(self) -> None:
         """Send due ARP requests; free the slots of packets whose resolution failed."""
@@ -150,14 +164,21 @@ class Stack:
             self.dev.tx_free(slot)
 
     def next_deadline_us(self) -> int | None:
-        a = self.neighbours.next_deadline_us()
-        b = self.reassembler.next_deadline_us()
-        if a is None:
-            return b
-        return a if b is None else min(a, b)
+        t: int | None = None
+        for d in (
+            self.neighbours.next_deadline_us(),
+            self.reassembler.next_deadline_us(),
+            self.tcp.next_deadline_us(),
+        ):
+            if d is not None and (t is None or d < t):
+                t = d
+        return t
 
-    def flush(self) -> int:
-        """Write every frame queued during this burst."""
+    def flush(self, now_us: int | None = None) -> int:
+        """Emit what TCP owes, then write every frame queued during this burst."""
+        if now_us is not None:
+            self._now_us = now_us
+        self.tcp.output(self._now_us)
         return self.dev.tx_burst()
 
     # -- sockets --------------------------------------------------------------
@@ -183,6 +204,7 @@ class Stack:
         out["ipv4_reasm_pending"] = len(self.reassembler)
         out["ipv4_reasm_bytes"] = self.reassembler.bytes_held
         out["udp_sockets"] = len(self.udp.ports)
+        out.update(self.tcp.stats())
         return out
 
     # -- input -----------------------------------------------------------------
@@ -203,7 +225,7 @@ class Stack:
             c["drop_eth_bad_source"] += 1
             return
         if eth.ethertype == ETHERTYPE_IPV4:
-            self._input_ipv4(buf, off + ETH_HLEN, length - ETH_HLEN, vouched, broadcast)
+            self._input_ipv4(buf, off + ETH_HLEN, length - ETH_HLEN, vouched, broadcast, eth.src)
         elif eth.ethertype == ETHERTYPE_ARP:
             self._input_arp(buf, off + ETH_HLEN, length - ETH_HLEN, eth.src)
         else:
@@ -233,15 +255,25 @@ class Stack:
         if reply:
             self._send_arp(OP_REPLY, arp.sha, arp.sha, arp.spa)
         if released:
-            dev = self.dev
-            pool = dev.pool
-            mac = self.iface.mac
-            for dst_mac, (slot, frame_len) in released:
-                emit_ethernet(pool, dev.tx_offset(slot), dst_mac, mac, ETHERTYPE_IPV4)
-                dev.tx_submit(slot, frame_len)
+            self._release(released)
+
+    def _release(self, released: list[tuple[bytes, tuple[int, int]]]) -> None:
+        """Send the frames that waited for a neighbour's MAC."""
+        dev = self.dev
+        pool = dev.pool
+        mac = self.iface.mac
+        for dst_mac, (slot, frame_len) in released:
+            emit_ethernet(pool, dev.tx_offset(slot), dst_mac, mac, ETHERTYPE_IPV4)
+            dev.tx_submit(slot, frame_len)
 
     def _input_ipv4(
-        self, buf: memoryview, off: int, length: int, vouched: bool, link_broadcast: bool
+        self,
+        buf: memoryview,
+        off: int,
+        length: int,
+        vouched: bool,
+        link_broadcast: bool,
+        eth_src: bytes,
     ) -> None:
         c = self.counters
         c["ipv4_in_receives"] += 1
@@ -255,6 +287,10 @@ class Stack:
         if _martian_source(h.src) or h.src == self.iface.broadcast or h.src == self.iface.addr:
             c["drop_ipv4_martian_source"] += 1
             return
+        if self.learn_from_ip and self.iface.on_link(h.src):
+            released = self.neighbours.confirm(h.src, eth_src, self._now_us)
+            if released:
+                self._release(released)
         data: bytes | bytearray | memoryview = buf
         poff = off + h.header_len
         plen = h.total_len - h.header_len
@@ -278,7 +314,9 @@ class Stack:
         proto = h.proto
         # RFC 1122 3.2.2: no ICMP error about a link-layer broadcast.
         quote = _NO_ERROR if link_broadcast else ip_off
-        if proto == PROTO_UDP:
+        if proto == PROTO_TCP:
+            self.tcp.input(h, data, poff, plen, vouched, self._now_us)
+        elif proto == PROTO_UDP:
             self._input_udp(h, data, poff, plen, quote, vouched)
         elif proto == PROTO_ICMP:
             self._input_icmp(h, data, poff, plen)
@@ -316,9 +354,12 @@ class Stack:
             c["drop_udp_rcvbuf"] += 1
             return
         if not was_readable:
-            self.ready.append(sock)
+            # A socket with a callback is its owner's business; the others
+            # wait in `ready` for Context.poll() (which empties it).
             if sock.on_readable is not None:
                 sock.on_readable(sock)
+            else:
+                self.ready.append(sock)
 
     def _input_icmp(
         self, h: IPv4Header, buf: bytes | bytearray | memoryview, off: int, length: int

@@ -316,6 +316,10 @@ class State(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    # Members are singletons: hash by identity in C rather than by name in
+    # Python (Enum's default), since every segment tests `state in {...}`.
+    __hash__ = object.__hash__
+
 
 CLOSED: Final = State.CLOSED
 LISTEN: Final = State.LISTEN
@@ -536,6 +540,7 @@ class Tcb:
         "_sb",
         "_seg_cap",
         "_send_rst",
+        "_sent_pipe",
         "_sndbuf",
         "_syn_opts",
         "_syn_retransmitted",
@@ -635,6 +640,7 @@ class Tcb:
         self._rst_out: list[tuple[int, int, int]] = []
         self._rtx_head = False
         self._rto_force = False
+        self._sent_pipe = 0
         self._probe_due = False
         self._ka_due = False
         self._ka_probes = 0
@@ -720,6 +726,30 @@ class Tcb:
         tcb._last_send_us = now_us
         tcb._take_syn(syn, now_us)
         tcb.state = SYN_RECEIVED
+        return tcb
+
+    @classmethod
+    def accept_cookie(
+        cls,
+        local: Endpoint,
+        remote: Endpoint,
+        syn: TcpSegment,
+        iss: int,
+        now_us: int,
+        config: TcpConfig | None = None,
+        *,
+        ts_offset: int = 0,
+    ) -> Tcb:
+        """A connection rebuilt from a valid SYN cookie: SYN-RECEIVED with the SYN-ACK sent.
+
+        `syn` is the SYN the cookie stands for (reconstructed by the
+        listener: the peer's ISN, the MSS, window scale and SACK the cookie
+        carried, and the ACK's TSval as TS.Recent); `iss` is the cookie.
+        Feed the ACK that carried the cookie to `on_segment` next: it
+        completes the handshake like any other.
+        """
+        tcb = cls.accept_syn(local, remote, syn, iss, now_us, config, ts_offset=ts_offset)
+        tcb.snd_nxt = tcb.snd_max = seq_add(iss, 1)
         return tcb
 
     def _take_syn(self, syn: TcpSegment, now_us: int) -> None:
@@ -887,6 +917,24 @@ class Tcb:
             return None
         return seq_add(self.snd_max, 65536 + 2)
 
+    def reconfigure(self, config: TcpConfig, now_us: int) -> None:
+        """Apply changed settings to a live connection (setsockopt after connect).
+
+        Buffer sizes, MSS and window scaling are fixed at the handshake and
+        keep their values; Nagle, delayed ACK, timers, retries and
+        keepalive take effect at once.  Keepalive switched on (or its idle
+        time changed) on an open connection is armed from `now_us`.
+        """
+        old = self.config
+        self.config = config
+        rearm = config.keepalive and (
+            not old.keepalive or config.keepalive_idle_us != old.keepalive_idle_us
+        )
+        if rearm and self.state in (ESTABLISHED, CLOSE_WAIT):
+            self._ka_deadline = now_us + config.keepalive_idle_us
+        elif not config.keepalive:
+            self._ka_deadline = None
+
     # -- state for the API and for ss -----------------------------------------
 
     @property
@@ -951,6 +999,14 @@ class Tcb:
         )
 
     # -- helpers ----------------------------------------------------------------
+
+    @property
+    def _sack_block_cap(self) -> int:
+        return 3 if self._ts_ok else 4  # what fits in 40 option bytes (RFC 2018 3)
+
+    def sack_mss(self, blocks: int) -> int:
+        """Data bytes per segment when a segment carries `blocks` SACK blocks."""
+        return self.smss - (4 + 8 * blocks if blocks else 0)
 
     def _count(self, reason: TcpDrop) -> None:
         c = self.counters
@@ -1372,7 +1428,12 @@ class Tcb:
 
     def _ack_advance(self, ack: int, acked: int, seg: TcpSegment, now_us: int) -> None:
         """New data (or our FIN) acknowledged."""
-        pipe_before = self._pipe()
+        # Whether cwnd limited the sender is judged by the flight after its
+        # last transmission, as Linux's is_cwnd_limited is: segments leave
+        # only at the end of a burst, so every ACK of a burst but the first
+        # would otherwise see a flight its predecessors already drained and
+        # be taken for application-limited.
+        pipe_before = max(self._pipe(), self._sent_pipe)
         data = acked
         fin_seq = self._fin_seq
         if fin_seq is not None and seq_gt(ack, fin_seq):
@@ -1446,7 +1507,9 @@ class Tcb:
         # before the last recovery or timeout.
         if not seq_ge(self.snd_una, self._recover):
             return
-        flight = seq_sub(self.snd_max, self.snd_una)
+        # FlightSize as of the last transmission: earlier ACKs of this burst
+        # have drained the flight, and nothing was sent in between.
+        flight = max(seq_sub(self.snd_max, self.snd_una), self._sent_pipe)
         self._recover = self.snd_max
         self._in_recovery = True
         self._sack_rec = self._sack_ok
@@ -1706,7 +1769,7 @@ class Tcb:
             rn = self.rcv_nxt
             blocks = tuple(
                 (seq_add(rn, a), seq_add(rn, b))
-                for a, b in self._rcvbuf.sack_ranges(3 if self._ts_ok else 4)
+                for a, b in self._rcvbuf.sack_ranges(self._sack_block_cap)
             )
         ack = 0
         window = 0
@@ -1760,6 +1823,7 @@ class Tcb:
             return out
         if state in _OUTPUT_STATES:
             self._output_data(out, now_us)
+            self._sent_pipe = self._pipe()
         if self._probe_due:
             self._probe_due = False
             if not out:
@@ -1789,6 +1853,14 @@ class Tcb:
 
     def _send_data(self, out: list[OutSegment], off: int, n: int, now_us: int) -> int:
         """Send up to `n` bytes from offset `off` of the send buffer (FIN if it ends there)."""
+        if n and self._sack_ok and self._rcvbuf.has_out_of_order:
+            # SACK blocks ride on this segment: take their bytes off the data
+            # so the packet still fits the MSS (RFC 6691; Linux's
+            # tcp_current_mss).  A TSO segment keeps its length: the Stack
+            # cuts it at sack_mss(), which counts the same blocks.
+            room = self.sack_mss(len(self._rcvbuf.sack_ranges(self._sack_block_cap)))
+            if room < n <= self.smss:
+                n = room
         buffered = len(self._sndbuf)
         piece = self._sndbuf.view(off, n)
         n = len(piece)
