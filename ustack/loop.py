@@ -115,33 +115,47 @@ class Context:
         if deadline is not None and now >= deadline:
             c.timer_runs += 1
             stack.on_timer(now)
-        stack.flush()
+        stack.flush(now)
         return n
 
     def poll(self, timeout: float | None = None) -> list[UdpSocket]:
-        """Process the network until some socket is ready or timeout seconds pass.
+        """Process the network until some UDP socket is readable or timeout seconds pass.
 
         Returns the sockets that became readable (and clears the list).
         timeout None waits for ever; 0 polls once.
         """
+        stack = self.stack
+        if self.wait_until(lambda: bool(stack.ready), timeout):
+            ready = stack.ready
+            stack.ready = []
+            return ready
+        return []
+
+    def wait_until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Process the network until `done()` is true or timeout seconds pass.
+
+        This is the one place where the network is driven: every blocking
+        call of the APIs waits here.  `done` is checked after each burst
+        (after TCP output, so what the application reacts to has been
+        acknowledged where due).  Returns done()'s last answer.  timeout
+        None waits for ever; 0 runs one burst.
+        """
         self._check_thread()
         if not self._started:
             self.start()
-        stack = self.stack
-        if self.device.tx_pending:
-            # What the application sent since the last poll leaves now, not
-            # after another receive burst.
-            stack.flush()
+        # What the application sent since the last poll leaves now, not
+        # after another receive burst.
+        self.stack.flush(self.clock())
+        if done():
+            return True
         end = None if timeout is None else self.clock() + int(timeout * 1_000_000)
         while True:
             self.poll_once()
-            if stack.ready:
-                ready = stack.ready
-                stack.ready = []
-                return ready
+            if done():
+                return True
             now = self.clock()
             if end is not None and now >= end:
-                return []
+                return False
             if self.mode == "busy" or (self.mode == "hybrid" and self._idle < self.idle_polls):
                 continue
             self._sleep(now, end)
