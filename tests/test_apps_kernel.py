@@ -1,0 +1,387 @@
+"""echo, discard and kv as `ustack serve APP --stack kernel`: uvloop on kernel sockets.
+
+Each test runs the server as a child process in netns N-k (198.19.0.2) of
+its own topology and the clients in netns N: pymemcache for kv, plain
+sockets for echo and discard.  The pymemcache tests of every command and
+of value sizes run against both stacks (`--stack ustack` on the TAP at
+198.18.0.2); the other apps on ustack get a smoke test at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from pymemcache.client.base import Client  # type: ignore[import-untyped]
+from pymemcache.exceptions import MemcacheServerError  # type: ignore[import-untyped]
+
+from tests.server import ServerProcess
+from ustack import netns
+from ustack.topology import Topology
+
+pytestmark = pytest.mark.netns
+
+MB = 1_000_000
+
+
+class _NetnsSocketModule:
+    """The socket module, except that sockets are born in netns `ns`.
+
+    pymemcache reconnects by itself after an error; its sockets must never
+    be made in the test runner's own namespace.
+    """
+
+    def __init__(self, ns: str) -> None:
+        self._ns = ns
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+    def socket(self, *args: Any, **kwargs: Any) -> socket.socket:
+        with netns.inside(self._ns):
+            return socket.socket(*args, **kwargs)
+
+    def getaddrinfo(self, *args: Any, **kwargs: Any) -> Any:
+        return socket.getaddrinfo(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def memcache(topo: Topology, host: str | None = None, port: int = 11211) -> Iterator[Client]:
+    """A pymemcache client whose sockets live in the client netns."""
+    client = Client(
+        (host or topo.kernel_addr, port),
+        connect_timeout=5,
+        timeout=20,
+        default_noreply=False,
+        socket_module=_NetnsSocketModule(topo.client_ns),
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def client_socket(topo: Topology, host: str, port: int, kind: int = socket.SOCK_STREAM):
+    with netns.inside(topo.client_ns):
+        if kind == socket.SOCK_STREAM:
+            return socket.create_connection((host, port), timeout=30)
+        s = socket.socket(socket.AF_INET, kind)
+        s.settimeout(2)
+        return s
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def read_until_closed(sock: socket.socket, limit_s: float = 10) -> bytes:
+    sock.settimeout(limit_s)
+    out = bytearray()
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except ConnectionResetError:
+        pass
+    return bytes(out)
+
+
+# -- kv -------------------------------------------------------------------------
+
+
+def _host(topology: Topology, stack: str) -> str:
+    return topology.kernel_addr if stack == "kernel" else topology.ustack_addr
+
+
+@pytest.mark.parametrize("stack", ["kernel", "ustack"])
+def test_kv_every_command_through_pymemcache(topology: Topology, stack: str):
+    host = _host(topology, stack)
+    with (
+        ServerProcess(topology, "kv", "--stack", stack) as srv,
+        memcache(topology, host) as mc,
+    ):
+        assert f"{host} port 11211" in srv.ready_line and f"stack {stack}" in srv.ready_line
+        assert mc.set("a", b"1") is True
+        assert mc.get("a") == b"1"
+        assert mc.add("a", b"2") is False
+        assert mc.add("b", b"2") is True
+        assert mc.replace("c", b"3") is False
+        assert mc.replace("b", b"22") is True
+        assert mc.append("b", b"x") is True
+        assert mc.prepend("b", b"y") is True
+        assert mc.get("b") == b"y22x"
+        value, cas = mc.gets("b")
+        assert value == b"y22x"
+        assert mc.cas("b", b"new", cas) is True
+        assert mc.cas("b", b"newer", cas) is False
+        assert mc.cas("nothing", b"v", b"1") is None
+        assert mc.get("b") == b"new"
+        assert mc.set("n", b"10") is True
+        assert mc.incr("n", 5) == 15
+        assert mc.decr("n", 20) == 0
+        assert mc.incr("missing", 1) is None
+        assert mc.incr("n", 2**64 - 1) == 2**64 - 1
+        assert mc.incr("n", 2) == 1
+        assert mc.touch("a", 100) is True
+        assert mc.touch("missing", 100) is False
+        assert mc.raw_command(b"gat 100 a b missing", b"END\r\n") == (
+            b"VALUE a 0 1\r\n1\r\nVALUE b 0 3\r\nnew\r\n"  # raw_command strips END
+        )
+        assert mc.raw_command(b"gats 100 a", b"END\r\n").startswith(b"VALUE a 0 1 ")
+        assert mc.delete("a") is True
+        assert mc.delete("a") is False
+        assert mc.get("a") is None
+        assert mc.version() == b"1.5.0-ustack"
+        assert mc.raw_command(b"verbosity 1", b"\r\n") == b"OK"
+        stats = mc.stats()
+        assert stats[b"cmd_get"] >= 4 and stats[b"curr_items"] == 2
+        settings = mc.stats("settings")
+        assert settings[b"item_size_max"] == 1 << 20 and settings[b"maxbytes"] == 64 << 20
+        assert mc.flush_all() is True
+        assert mc.get_many(["b", "n"]) == {}
+        # noreply: no answer to wait for, and the effect is there.
+        assert mc.set("q", b"1", noreply=True) is True
+        assert mc.add("q", b"2", noreply=True) is True
+        assert mc.replace("q", b"3", noreply=True) is True
+        assert mc.append("q", b"4", noreply=True) is True
+        assert mc.prepend("q", b"5", noreply=True) is True
+        assert mc.incr("q", 1, noreply=True) is None
+        assert mc.touch("q", 100, noreply=True) is True
+        assert mc.get("q") == b"535"
+        assert mc.delete("q", noreply=True) is True
+        assert mc.flush_all(delay=0, noreply=True) is True
+        assert mc.get("q") is None
+        mc.quit()
+    assert srv.returncode == 0
+    assert srv.counter("app_conns_accepted") == 1
+    assert srv.counter("app_conns_active") == 0
+    assert srv.counter("kv_cas_hits") == 1 and srv.counter("kv_cas_badval") == 1
+
+
+@pytest.mark.parametrize("stack", ["kernel", "ustack"])
+def test_kv_multiget_100_keys_and_value_sizes(topology: Topology, stack: str):
+    rng = random.Random(6)
+    binary = bytes(range(256)) * 3 + b"\r\nEND\r\nVALUE x 0 1\r\n\x00"
+    values = {
+        "empty": b"",
+        "one": b"\n",
+        "binary": binary,
+        "100k": rng.randbytes(100_000),
+        "1m": rng.randbytes(MB),
+    }
+    with (
+        ServerProcess(topology, "kv", "--stack", stack) as srv,
+        memcache(topology, _host(topology, stack)) as mc,
+    ):
+        many = {f"key{i:03d}": rng.randbytes(rng.randrange(0, 2000)) for i in range(100)}
+        assert mc.set_many(many) == []
+        got = mc.get_many([*many, "absent"])
+        assert got == many
+        for key, value in values.items():
+            assert mc.set(key, value) is True
+        assert mc.get_many(list(values)) == values
+        for key, value in values.items():
+            assert mc.gets(key)[0] == value
+        # 1 MiB of value plus memcached's item overhead is past the 1 MiB limit.
+        with pytest.raises(MemcacheServerError, match="object too large for cache"):
+            mc.set("huge", b"h" * (1 << 20))
+        assert mc.get("huge") is None
+        assert mc.get("1m") == values["1m"]
+    assert srv.counter("kv_store_too_large") == 1
+
+
+def test_kv_item_size_and_memory_limits_from_the_command_line(topology: Topology):
+    args = ("--stack", "kernel", "--memory-limit", "2", "--item-size-max", "2m")
+    with ServerProcess(topology, "kv", *args) as srv, memcache(topology) as mc:
+        assert mc.set("big", b"b" * (1 << 20)) is True
+        for i in range(40):
+            assert mc.set(f"k{i}", b"v" * 100_000) is True
+        assert mc.get("big") is None  # evicted: the oldest
+        assert mc.get("k39") == b"v" * 100_000
+        stats = mc.stats()
+        assert stats[b"limit_maxbytes"] == 2 << 20
+        assert stats[b"bytes"] <= 2 << 20
+        assert stats[b"evictions"] >= 20
+    assert srv.counter("kv_evictions") >= 20
+
+
+def test_kv_bad_clients_do_not_hurt_others(topology: Topology):
+    host = topology.kernel_addr
+    with ServerProcess(topology, "kv", "--stack", "kernel") as srv:
+        assert srv.proc is not None
+        pid = srv.proc.pid
+        idle = client_socket(topology, host, 11211)  # connects and says nothing
+        with memcache(topology) as mc:
+            assert mc.set("k", b"v") is True
+            rss_before = rss_kb(pid)
+
+            # 10 MB of junk with no newline: closed after memcached's 2048 bytes.
+            junk = client_socket(topology, host, 11211)
+            # The server may close it while we are still sending.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                junk.sendall(b"x" * (10 * MB))
+            assert read_until_closed(junk) == b""
+            junk.close()
+
+            # A 10 MB get line with no newline, then its newline: keys are read as
+            # they come, memory stays flat, the connection stays usable.
+            getter = client_socket(topology, host, 11211)
+            getter.sendall(b"get ")
+            getter.sendall(b"nokey " * (10 * MB // 6))
+            getter.sendall(b"k\r\nversion\r\n")
+            want = b"VALUE k 0 1\r\nv\r\nEND\r\nVERSION 1.5.0-ustack\r\n"
+            got = b""
+            while len(got) < len(want):
+                got += getter.recv(65536)
+            assert got == want
+            getter.close()
+
+            # Gone in the middle of a value.
+            half = client_socket(topology, host, 11211)
+            half.sendall(b"set partial 0 0 1000000\r\n" + b"p" * 1000)
+            half.close()
+
+            assert mc.get("k") == b"v"
+            assert mc.get("partial") is None
+            assert mc.set("after", b"ok") is True
+            assert mc.get("after") == b"ok"
+            grown = rss_kb(pid) - rss_before
+            assert grown < 30_000, f"server grew by {grown} kB"
+        idle.close()
+    assert srv.returncode == 0
+    assert srv.counter("app_protocol_errors") == 1
+    assert srv.counter("app_conns_accepted") == 5
+    assert srv.counter("app_conns_active") == 0
+
+
+# -- echo and discard -------------------------------------------------------------
+
+
+def _echo_one(sock: socket.socket, block: bytes, rounds: int) -> tuple[int, str, str]:
+    """Send block x rounds while reading the echo; (bytes back, sha256 sent, sha256 back)."""
+    sent = hashlib.sha256()
+    for _ in range(rounds):
+        sent.update(block)
+
+    def send() -> None:
+        for _ in range(rounds):
+            sock.sendall(block)
+        sock.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    back = hashlib.sha256()
+    n = 0
+    sock.settimeout(120)
+    while chunk := sock.recv(1 << 18):
+        back.update(chunk)
+        n += len(chunk)
+    sender.join()
+    sock.close()
+    return n, sent.hexdigest(), back.hexdigest()
+
+
+def test_echo_tcp_100_connections_of_10mb_sha256(topology: Topology):
+    base = random.Random(7).randbytes(1 << 20)
+    conns = 100
+    rounds = 10
+    with ServerProcess(topology, "echo", "--stack", "kernel") as srv:
+        assert "port 7 tcp+udp" in srv.ready_line
+        socks = [client_socket(topology, topology.kernel_addr, 7) for _ in range(conns)]
+        # Each connection sends its own rotation of the block, so a mix-up shows.
+        blocks = [base[i * 9973 :] + base[: i * 9973] for i in range(conns)]
+        with ThreadPoolExecutor(conns) as pool:
+            results = list(pool.map(_echo_one, socks, blocks, [rounds] * conns))
+    total = conns * rounds * len(base)
+    for n, sent, back in results:
+        assert n == rounds * len(base)
+        assert sent == back
+    assert srv.counter("app_conns_accepted") == conns
+    assert srv.counter("app_bytes_in") == total
+    assert srv.counter("app_bytes_out") == total
+
+
+def test_echo_and_discard_udp(topology: Topology):
+    with ServerProcess(topology, "echo", "--stack", "kernel", "--port", "7007") as srv:
+        s = client_socket(topology, topology.kernel_addr, 7007, socket.SOCK_DGRAM)
+        sizes = [0, 1, 100, 1472, 8000, 65507]
+        for size in sizes:
+            payload = random.Random(size).randbytes(size)
+            s.sendto(payload, (topology.kernel_addr, 7007))
+            data, addr = s.recvfrom(65535)
+            assert data == payload
+            assert addr == (topology.kernel_addr, 7007)
+        s.close()
+    assert srv.counter("app_datagrams_in") == srv.counter("app_datagrams_out") == len(sizes)
+
+    with ServerProcess(topology, "discard", "--stack", "kernel") as srv:
+        s = client_socket(topology, topology.kernel_addr, 9, socket.SOCK_DGRAM)
+        for i in range(5):
+            s.sendto(b"drop me %d" % i, (topology.kernel_addr, 9))
+        s.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            s.recvfrom(100)
+        s.close()
+        time.sleep(0.1)
+    assert srv.counter("app_datagrams_in") == 5
+    assert srv.counter("app_datagrams_out") == 0
+
+
+def test_discard_tcp_reads_everything_sends_nothing(topology: Topology):
+    with ServerProcess(topology, "discard", "--stack", "kernel") as srv:
+        sock = client_socket(topology, topology.kernel_addr, 9)
+        sock.sendall(b"d" * (10 * MB))
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock) == b""  # the server closes after our EOF
+        sock.close()
+    assert srv.counter("app_bytes_in") == 10 * MB
+    assert srv.counter("app_bytes_out") == 0
+
+
+def test_serve_errors_are_one_line():
+    for args, message in [
+        (["kv", "--stack", "kernel", "--workers", "2"], "--workers > 1 is for --stack ustack"),
+        (["udp-echo", "--stack", "kernel"], "udp-echo runs on ustack's native API only"),
+        (["kv", "--stack", "kernel", "--fault", "loss=0.1"], "--pcap, --fault and --offload apply"),
+        (["echo", "--stack", "kernel", "--port", "0"], "--port must be 1..65535"),
+        (["kv", "--stack", "kernel", "--memory-limit", "0"], "--memory-limit must be"),
+    ]:
+        res = subprocess.run(
+            [sys.executable, "-m", "ustack", "serve", *args, "--name", "no-such-topology"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 1
+        assert res.stderr.strip().count("\n") == 0 and message in res.stderr, res.stderr
+
+
+# -- the same apps on ustack's asyncio loop -------------------------------------------
+
+
+def test_kv_and_echo_on_ustack_smoke(topology: Topology):
+    with ServerProcess(topology, "kv") as srv, memcache(topology, topology.ustack_addr) as mc:
+        assert "198.18.0.2 port 11211" in srv.ready_line and "stack ustack" in srv.ready_line
+        value = random.Random(3).randbytes(300_000)
+        assert mc.set("v", value) is True
+        assert mc.get_many(["v", "w"]) == {"v": value}
+    assert srv.counter("app_conns_accepted") == 1
+    assert srv.counter("tcp_passive_opens") == 1
+    with ServerProcess(topology, "echo") as srv:
+        sock = client_socket(topology, topology.ustack_addr, 7)
+        n, sent, back = _echo_one(sock, random.Random(4).randbytes(1 << 20), 4)
+        assert (n, sent) == (4 << 20, back)
+    assert srv.counter("app_bytes_out") == 4 << 20
