@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ustack-setup
-DEB_PACKAGES := iproute2 nftables iputils-ping
+DEB_PACKAGES := iproute2 nftables iputils-ping memcached libmemcached-tools
 NAME ?= ust-demo
 
 .PHONY: setup deps test lint demo bench soak clean
@@ -44,6 +44,11 @@ demo: setup
 
 bench: setup
 	$(PY) tools/bench_ring.py
+
+# 200 MB each way under every impairment of tests/test_tcp_impair.py (long; not for CI).
+SOAK_BYTES ?= 200000000
+soak: setup
+	SOAK_BYTES=$(SOAK_BYTES) $(VENV)/bin/pytest -q -m soak tests/test_tcp_impair.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info ustack/*.so ustack/_ring.c ustack/_csum.c .pytest_cache .mypy_cache .ruff_cache

@@ -102,17 +102,19 @@ def test_cli_bad_name_prints_one_line_and_fails():
     assert res.stderr.count("\n") == 1 and "bad topology name" in res.stderr
 
 
-def test_demo_shows_kernel_frames_and_cleans_up():
+def test_demo_compares_kv_on_both_stacks_and_cleans_up(tmp_path):
     require_netns()
     name = unique_name("d")
+    plot = tmp_path / "demo.png"
     res = subprocess.run(
-        [sys.executable, "-m", "ustack", "demo", "--name", name],
+        [sys.executable, "-m", "ustack", "demo", "--name", name, "--quick", "--plot", str(plot)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=240,
         env={**os.environ},
     )
     assert res.returncode == 0, res.stderr
-    assert "ARP who-has 198.18.0.2 tell 198.18.0.1" in res.stdout
-    assert "198.18.0.1 > 198.18.0.2 ttl 64 len 84 ICMP type 8" in res.stdout
-    assert not netns.exists(name)
+    assert "ustack-hybrid" in res.stdout and "kernel-uvloop" in res.stdout
+    assert f"plot written to {plot}" in res.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not netns.exists(name) and not netns.exists(f"{name}-k")
