@@ -337,6 +337,7 @@ def test_flow_control_paused_ustack_reader_holds_back_200mb_kernel_writer(
             self.paused = False
             self.calls_while_paused = 0
             self.at_resume: list[tuple[int, int]] = []  # (readable bytes, rcv_wnd)
+            self.mss = 0
             self.done = asyncio.get_running_loop().create_future()
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -356,9 +357,11 @@ def test_flow_control_paused_ustack_reader_holds_back_200mb_kernel_writer(
 
         def resume(self) -> None:
             conn = self.t.connection
-            wnd = conn.stats()["rcv_wnd"]
-            assert isinstance(wnd, int)
+            stats = conn.stats()
+            wnd, mss = stats["rcv_wnd"], stats["rcv_mss"]
+            assert isinstance(wnd, int) and isinstance(mss, int)
             self.at_resume.append((conn.readable_bytes, wnd))
+            self.mss = mss
             self.paused = False
             self.t.resume_reading()
 
@@ -392,9 +395,14 @@ def test_flow_control_paused_ustack_reader_holds_back_200mb_kernel_writer(
         assert len(p.at_resume) == TOTAL // PAUSE_EVERY
         assert isinstance(loop, UstackEventLoop)
         rcvbuf = loop.stack.tcp.config.rcvbuf
-        # While paused the receive buffer filled up and the advertised window closed.
+        # While paused the receive buffer filled up and the advertised window closed,
+        # except for less than a segment: the kernel's sender-side silly window
+        # avoidance may hold back a tail smaller than an MSS that an earlier
+        # advertisement still allows (a right edge never moves left).
+        for readable, wnd in p.at_resume[:-1]:
+            assert rcvbuf - p.mss < readable <= readable + wnd <= rcvbuf, p.at_resume
+            assert wnd < p.mss, p.at_resume
         # The last pause comes with the last byte; nothing is left to hold back.
-        assert p.at_resume[:-1] == [(rcvbuf, 0)] * (len(p.at_resume) - 1)
         assert p.at_resume[-1][0] == 0
         assert elapsed > stall * len(p.at_resume)
         assert growth < 16 << 20, f"RSS grew by {growth >> 20} MB while 200 MB flowed"
