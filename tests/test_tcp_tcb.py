@@ -962,6 +962,50 @@ def _sack(*pairs: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     return tuple((s(L0 + a), s(L0 + b)) for a, b in pairs)
 
 
+# Several ACKs in one receive burst: the Stack calls dispatch only after the
+# whole burst, so nothing is sent between them and every ACK but the first
+# sees a flight that its predecessors already drained.
+
+
+def test_established_burst_of_acks_all_grow_cwnd_in_slow_start() -> None:
+    tcb = _ten_segments_in_flight(plain(sndbuf=8000))
+    assert tcb.cwnd == 5000
+    t = T1 + 10 * MS
+    for k in range(1, 6):
+        rx(tcb, t, R0, s(L0 + 1000 * k), ACK)  # two segments each, no dispatch between
+    # The window was full when the burst began: each ACK counts as
+    # cwnd-limited (5000 in flight > cwnd / 2) and grows cwnd by 2 * SMSS.
+    # Judged by the flight each ACK leaves behind, the third would already
+    # see 3000 <= 7000 / 2 and stop the growth at 7000.
+    assert tcb.cwnd == 10_000
+
+
+def test_established_burst_of_acks_ssthresh_from_flight_at_last_transmission() -> None:
+    cfg = plain(sndbuf=8000, sack=True)
+    tcb = established(cfg, sack_permitted=True)
+    tcb.send(b"d" * 5000)
+    assert len(tcb.dispatch(T1)) == 10  # 5000 bytes in flight
+    t = T1 + 10 * MS
+    rx(tcb, t, R0, s(L0 + 1000), ACK)  # first ACK of the burst: two segments
+    # Second ACK, same burst: 1500 bytes SACKed above the hole at 1000..1500.
+    rx(tcb, t, R0, s(L0 + 1000), ACK, sack_blocks=_sack((1500, 3000)))
+    assert tcb.in_recovery
+    # FlightSize is what was in flight when the burst began, 5000 bytes, not
+    # the 4000 left after the first ACK: CUBIC's ssthresh = 0.7 * 5000.
+    assert tcb.ssthresh == 3500
+    assert tcb.cwnd == 3500
+
+
+def test_established_burst_of_dupacks_newreno_ssthresh_from_flight_at_last_transmission() -> None:
+    tcb = _ten_segments_in_flight(plain(sndbuf=8000, congestion_control="newreno"))
+    t = T1 + 10 * MS
+    rx(tcb, t, R0, s(L0 + 1000), ACK)
+    for _ in range(3):
+        rx(tcb, t, R0, s(L0 + 1000), ACK)  # three duplicate ACKs in the same burst
+    assert tcb.in_recovery
+    assert tcb.ssthresh == 2500  # FlightSize 5000 / 2, not 4000 / 2
+
+
 def test_established_sack_recovery_retransmits_each_lost_hole_once() -> None:
     cfg = plain(sndbuf=8000, sack=True)
     tcb = established(cfg, sack_permitted=True)
