@@ -713,6 +713,21 @@ def test_client_not_reading_pauses_reading_and_input():
     assert b"".join(transport.writes) == b"STORED\r\n" + reply * 20
 
 
+def test_refused_get_drops_its_values_from_the_output_count():
+    # 5 MB of values found before a key that is too long: they are dropped,
+    # so nothing is over OUT_FLUSH_BYTES and the replies leave in one write.
+    server = make_server()
+    proto, transport = connect(server)
+    proto.data_received(b"set v 0 0 1000000\r\n" + b"v" * 1000000 + b"\r\n")
+    transport.writes.clear()
+    proto.data_received(b"get v\r\nget v v v v v " + b"k" * 251 + b"\r\nversion\r\n")
+    value = b"VALUE v 0 1000000\r\n" + b"v" * 1000000 + b"\r\nEND\r\n"
+    bad = b"CLIENT_ERROR bad command line format\r\n"
+    expected = value + bad + b"VERSION " + VERSION + b"\r\n"
+    assert [len(w) for w in transport.writes] == [len(expected)]
+    assert transport.writes[0] == expected
+
+
 def test_amplifying_get_keeps_references_not_copies():
     server = make_server()
     proto, transport = connect(server, high_water=1 << 20)

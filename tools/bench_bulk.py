@@ -52,18 +52,25 @@ import argparse
 import errno
 import json
 import os
-import select
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from types import FrameType
 from typing import IO, Any
 
-from benchlib import machine_info, progress
+from benchlib import (
+    machine_info,
+    machine_line,
+    progress,
+    quiet_wait,
+    readline,
+    spawn,
+    stop_child,
+    str_list,
+    unwind_on_sigterm,
+)
 
 from ustack import netns
 from ustack.topology import Topology
@@ -283,63 +290,9 @@ def role_main(spec: str) -> int:
 
 
 def _popen(spec: dict[str, Any], cpu: int) -> subprocess.Popen[str]:
+    # Progress goes straight to our stderr.
     argv = [sys.executable, os.path.abspath(__file__), "--role", json.dumps(spec)]
-    # Pinned before exec, so every thread it ever has is pinned.  Progress
-    # goes straight to our stderr.
-    return subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=None,
-        text=True,
-        bufsize=1,
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
-    )
-
-
-def _readline(proc: subprocess.Popen[str], timeout: float, what: str) -> str:
-    assert proc.stdout is not None
-    r, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if r else ""
-    if not line:
-        raise RuntimeError(f"{what} (pid {proc.pid}) said nothing in time; exit {proc.poll()}")
-    return line.strip()
-
-
-def _end(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM this child (by PID) if it still runs, SIGKILL if it hangs."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-
-
-def cpu_busy_sample() -> dict[int, tuple[int, int]]:
-    """Per CPU: (busy, total) jiffies from /proc/stat."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                name, *vals = line.split()
-                v = [int(x) for x in vals]
-                idle = v[3] + v[4]
-                out[int(name[3:])] = (sum(v[:8]) - idle, sum(v[:8]))
-    return out
-
-
-def quiet_wait(limit: float) -> float:
-    """Wait up to `limit` s for a second in which every CPU is under 10% busy; the busiest."""
-    deadline = time.monotonic() + limit
-    while True:
-        b0 = cpu_busy_sample()
-        time.sleep(1.0)
-        b1 = cpu_busy_sample()
-        busiest = max((b1[c][0] - b0[c][0]) / max(1, b1[c][1] - b0[c][1]) for c in b0)
-        if busiest < 0.10 or time.monotonic() >= deadline:
-            return busiest
+    return spawn(argv, cpu, stderr=False)
 
 
 def cpu_split_sample() -> tuple[int, int]:
@@ -445,24 +398,24 @@ def run_one(topo: Topology, cfg: Config, direction: str, path: str) -> Result:
     try:
         recv = _popen(recv_spec, recv_cpu)
         procs.append(recv)
-        if _readline(recv, READY_TIMEOUT_S, "receiver") != "ready":
+        if readline(recv, READY_TIMEOUT_S, "receiver") != "ready":
             raise RuntimeError("receiver did not get ready")
         send = _popen(send_spec, send_cpu)
         procs.append(send)
-        if _readline(send, READY_TIMEOUT_S, "sender") != "ready":
+        if readline(send, READY_TIMEOUT_S, "sender") != "ready":
             raise RuntimeError("sender did not get ready")
         # From here on both processes only transfer (and connect).
         b0 = cpu_split_sample()
         t0 = time.monotonic()
-        r = json.loads(_readline(recv, limit, "receiver"))
-        s = json.loads(_readline(send, 60, "sender"))
+        r = json.loads(readline(recv, limit, "receiver"))
+        s = json.loads(readline(send, 60, "sender"))
         wall = time.monotonic() - t0
         b1 = cpu_split_sample()
         for p in procs:
             p.wait(timeout=20)
     finally:
         for p in procs:
-            _end(p)
+            stop_child(p)
     if r["bytes"] != cfg.bytes or s["bytes"] != cfg.bytes:
         raise RuntimeError(f"{direction} {path}: sent {s['bytes']}, received {r['bytes']}")
     server, peer = (r, s) if direction == "rx" else (s, r)
@@ -494,7 +447,7 @@ def run_all(topo: Topology, cfg: Config) -> tuple[list[Result], list[Result]]:
         for direction in cfg.directions:
             for path in cfg.paths:
                 if cfg.quiet_wait > 0:
-                    busiest = quiet_wait(cfg.quiet_wait)
+                    busiest = max(quiet_wait(cfg.quiet_wait).values())
                     if busiest >= 0.10:
                         progress(f"  warning: the machine is not idle (a CPU {busiest:.0%} busy)")
                 label = f"{direction} {path}" + (f" (run {k + 1})" if cfg.repeat > 1 else "")
@@ -582,10 +535,7 @@ def report(
 ) -> None:
     w = out.write
     w(f"command: {command}\n")
-    w(
-        f"machine: {machine['cpus']} CPUs ({machine['cpu_model']}), kernel {machine['kernel']},"
-        f" Python {machine['python']}\n"
-    )
+    w(machine_line(machine) + "\n")
     w(
         f"placement: {cfg.placement}: server side on CPU {cfg.server_cpu}, kernel peer on CPU"
         f" {cfg.peer_cpu}; ustack poll mode {cfg.poll}; {cfg.bytes:,} bytes per transfer\n\n"
@@ -613,16 +563,12 @@ def report(
 # -- main ----------------------------------------------------------------------------------------
 
 
-def _str_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Bulk TCP transfer: ustack vs the kernel.")
     ap.add_argument("--bytes", type=parse_size, default=10**9, help="per transfer (1G)")
     ap.add_argument("--quick", action="store_true", help="100 MB per transfer")
-    ap.add_argument("--paths", type=_str_list, default=list(PATHS), help="kernel,ustack,ustack+o")
-    ap.add_argument("--directions", type=_str_list, default=list(DIRECTIONS), help="rx,tx")
+    ap.add_argument("--paths", type=str_list, default=list(PATHS), help="kernel,ustack,ustack+o")
+    ap.add_argument("--directions", type=str_list, default=list(DIRECTIONS), help="rx,tx")
     ap.add_argument("--placement", choices=sorted(PLACEMENTS), default="cross-cpu")
     ap.add_argument("--poll", choices=("busy", "interrupt", "hybrid"), default="hybrid")
     ap.add_argument(
@@ -643,17 +589,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
-
-
-_MAIN_PID = os.getpid()
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # pyroute2 forks helpers that inherit this handler; only the benchmark
-    # process itself unwinds (and so removes its topology).
-    if os.getpid() != _MAIN_PID:
-        os._exit(128 + signum)
-    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -695,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.retries,
     )
     command = " ".join(["python", *sys.argv])
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    unwind_on_sigterm()
     topo = Topology(f"ustbb{os.getpid()}")
     try:
         topo.up()

@@ -28,22 +28,32 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import int_list, machine_info, progress
+from benchlib import (
+    cpu_used,
+    int_list,
+    machine_info,
+    progress,
+    quiet_wait,
+    readline,
+    spawn,
+    start_server,
+    stop_child,
+    unwind_on_sigterm,
+)
 
 from ustack import netns
+from ustack.bench.targets import cpu_busy, cpu_times
 from ustack.topology import Topology
 
 PORT = 7007
 SIZE = 64
 SERVERS = ("ustack-busy", "ustack-interrupt", "ustack-hybrid", "kernel-uvloop", "kernel-asyncio")
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- server child -------------------------------------------------------------------
@@ -149,95 +159,48 @@ def client_main(topo_name: str, target: str, conns: int, warmup: float, seconds:
 # -- orchestration ------------------------------------------------------------------
 
 
-def _child(args: list[str], cpu: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
-    )
+def _self_argv(*args: str) -> list[str]:
+    return [sys.executable, os.path.abspath(__file__), *args]
 
 
-def _line(proc: subprocess.Popen[str], timeout: float, what: str) -> str:
-    assert proc.stdout is not None
-    r, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if r else ""
-    if not line:
-        err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
-        raise RuntimeError(f"{what} said nothing (exit {proc.poll()}): {err}")
-    return line.strip()
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-
-
-def cpu_busy_sample() -> dict[int, tuple[int, int]]:
-    """Per CPU: (busy, total) jiffies from /proc/stat."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                name, *vals = line.split()
-                v = [int(x) for x in vals[:8]]
-                out[int(name[3:])] = (sum(v) - v[3] - v[4], sum(v))
-    return out
-
-
-def cpu_busy(a: dict[int, tuple[int, int]], b: dict[int, tuple[int, int]]) -> dict[int, float]:
-    return {c: round((b[c][0] - a[c][0]) / max(1, b[c][1] - a[c][1]), 3) for c in a if c in b}
-
-
-def quiet_wait(limit: float) -> dict[int, float]:
-    """Wait (up to `limit` s) for a second in which every CPU is under 10% busy."""
-    deadline = time.monotonic() + limit
-    while True:
-        b0 = cpu_busy_sample()
-        time.sleep(1.0)
-        busy = cpu_busy(b0, cpu_busy_sample())
-        if all(v < 0.10 for v in busy.values()) or time.monotonic() >= deadline:
-            return busy
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+def _rounded(busy: dict[int, float]) -> dict[int, float]:
+    return {c: round(v, 3) for c, v in busy.items()}
 
 
 def bench_server(
     topo: Topology, kind: str, conns: Sequence[int], args: argparse.Namespace
 ) -> dict[str, Any]:
-    target = "198.18.0.2" if kind.startswith("ustack") else "198.19.0.2"
-    before = quiet_wait(args.quiet_wait)
+    target = topo.ustack_addr if kind.startswith("ustack") else topo.kernel_addr
+    before = _rounded(quiet_wait(args.quiet_wait))
     progress(f"{kind}: machine cpu busy before start: {before}")
-    server = _child(["--server-role", kind, topo.name], args.server_cpu)
+    server = start_server(
+        kind,
+        _self_argv("--server-role", kind, topo.name),
+        args.server_cpu,
+        topo=topo.name,
+        addr=target,
+        port=PORT,
+        client_ns=topo.client_ns,
+    )
     out: dict[str, Any] = {"server": kind, "runs": []}
     try:
-        _line(server, 30, f"{kind} server")
         for c in conns:
             progress(f"{kind}: {c} connection(s)")
-            client = _child(
-                ["--client-role", topo.name, target, str(c), str(args.warmup), str(args.seconds)],
+            client = spawn(
+                _self_argv(
+                    "--client-role", topo.name, target, str(c), str(args.warmup), str(args.seconds)
+                ),
                 args.client_cpu,
             )
             try:
-                assert _line(client, 60, "client") == "window"
-                c0 = cpu_s(server.pid)
-                b0 = cpu_busy_sample()
-                res = json.loads(_line(client, args.seconds + 60, "client"))
-                used = cpu_s(server.pid) - c0
-                res["machine_cpu_busy"] = cpu_busy(b0, cpu_busy_sample())
+                assert readline(client, 60, "client") == "window"
+                c0 = server.sample()
+                b0 = cpu_times()
+                res = json.loads(readline(client, args.seconds + 60, "client"))
+                used = cpu_used(c0, server.sample())
+                res["machine_cpu_busy"] = _rounded(cpu_busy(b0, cpu_times()))
             finally:
-                _stop(client)
+                stop_child(client)
             res["conns"] = c
             res["rps"] = res["requests"] / res["seconds"]
             res["server_cpu_s_per_1000"] = (
@@ -249,13 +212,13 @@ def bench_server(
         with netns.inside(topo.client_ns):
             idle_conn = socket.create_connection((target, PORT), timeout=10)
         time.sleep(1.0)
-        c0 = cpu_s(server.pid)
+        c0 = server.sample()
         time.sleep(args.idle)
-        out["idle_cpu_s"] = cpu_s(server.pid) - c0
+        out["idle_cpu_s"] = cpu_used(c0, server.sample())
         out["idle_seconds"] = args.idle
         idle_conn.close()
     finally:
-        _stop(server)
+        server.stop()
     return out
 
 
@@ -301,12 +264,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the children stop and the topology goes.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    unwind_on_sigterm()
     topo = Topology(f"ustbecho{os.getpid()}").up()
     results = []
     try:
         for kind in args.servers.split(","):
             results.append(bench_server(topo, kind, args.conns, args))
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return 130
     finally:
         topo.down()
     print(format_table(results))

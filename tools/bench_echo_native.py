@@ -42,7 +42,18 @@ import time
 from types import FrameType, ModuleType
 from typing import Any
 
-from benchlib import int_list, machine_info, progress
+from benchlib import (
+    cpu_used,
+    int_list,
+    machine_info,
+    pin,
+    progress,
+    readline,
+    spawn,
+    start_server,
+    stop_child,
+    unwind_on_sigterm,
+)
 
 from ustack import netns
 from ustack.topology import Topology
@@ -51,8 +62,6 @@ PORT = 5300
 SIZE = 64
 TARGETS = ("kernel", "busy", "interrupt", "hybrid")
 PLACEMENTS = {"cross-cpu": (0, 1), "same-cpu": (0, 0)}
-READY_TIMEOUT_S = 30.0
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the server (child process) ------------------------------------------------
@@ -112,7 +121,7 @@ def echo_server(mod: ModuleType, ep: Any, addr: str, stopping: list[bool]) -> in
 
 
 def server_main(target: str, topo_name: str, cpu: int) -> int:
-    os.sched_setaffinity(0, {cpu})
+    pin(cpu)
     stopping = [False]
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -143,7 +152,7 @@ def server_main(target: str, topo_name: str, cpu: int) -> int:
 
 def client_main(spec_text: str) -> int:
     spec = json.loads(spec_text)
-    os.sched_setaffinity(0, {spec["cpu"]})
+    pin(spec["cpu"])
     netns.enter(spec["ns"])
     conns = []
     for _ in range(spec["conns"]):
@@ -215,70 +224,45 @@ def client_main(spec_text: str) -> int:
 # -- the parent ---------------------------------------------------------------------
 
 
-def _popen(argv: list[str], cpu: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
-    )
-
-
-def _readline(proc: subprocess.Popen[str], timeout: float, what: str) -> str:
-    assert proc.stdout is not None
-    r, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if r else ""
-    if not line:
-        err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
-        raise RuntimeError(f"{what} (pid {proc.pid}) said nothing; exit {proc.poll()}: {err}")
-    return line.strip()
-
-
-def _end(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        out, _err = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _err = proc.communicate()
-    return out
-
-
-def _cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+def _self_argv(*args: str) -> list[str]:
+    return [sys.executable, os.path.abspath(__file__), *args]
 
 
 def run_one(topo: Topology, target: str, conns: int, args: argparse.Namespace) -> dict[str, Any]:
     server_cpu, client_cpu = PLACEMENTS[args.placement]
-    server = _popen(["--server-role", target, topo.name, str(server_cpu)], server_cpu)
+    dst = topo.kernel_addr if target == "kernel" else topo.ustack_addr
+    server = start_server(
+        target,
+        _self_argv("--server-role", target, topo.name, str(server_cpu)),
+        server_cpu,
+        topo=topo.name,
+        addr=dst,
+        port=PORT,
+        client_ns=topo.client_ns,
+    )
+    spec = {
+        "ns": topo.client_ns,
+        "dst": dst,
+        "conns": conns,
+        "cpu": client_cpu,
+        "warmup": args.warmup,
+        "seconds": args.seconds,
+    }
+    client: subprocess.Popen[str] | None = None
     try:
-        word = _readline(server, READY_TIMEOUT_S, f"{target} server")
-        if word != "ready":
-            raise RuntimeError(f"server said {word!r}")
-        dst = topo.kernel_addr if target == "kernel" else topo.ustack_addr
-        spec = {
-            "ns": topo.client_ns,
-            "dst": dst,
-            "conns": conns,
-            "cpu": client_cpu,
-            "warmup": args.warmup,
-            "seconds": args.seconds,
-        }
-        client = _popen(["--client-role", json.dumps(spec)], client_cpu)
+        client = spawn(_self_argv("--client-role", json.dumps(spec)), client_cpu)
         # Server CPU over (about) the timed window: from the end of the warm-up.
         time.sleep(args.warmup + 0.5)
-        s0, t0 = _cpu_ticks(server.pid), time.monotonic()
-        res = json.loads(_readline(client, args.warmup + args.seconds + 60, "client"))
-        s1, t1 = _cpu_ticks(server.pid), time.monotonic()
+        s0 = server.sample()
+        res = json.loads(readline(client, args.warmup + args.seconds + 60, "client"))
+        s1 = server.sample()
         client.wait(10)
     finally:
-        out = _end(server)
+        if client is not None:
+            stop_child(client)
+        said = server.stop().output
     stats: dict[str, Any] = {}
-    for line in out.splitlines():
+    for line in said.splitlines():
         if line.startswith("{"):
             stats = json.loads(line)
     seconds = res["elapsed_ns"] / 1e9
@@ -287,7 +271,7 @@ def run_one(topo: Topology, target: str, conns: int, args: argparse.Namespace) -
         "conns": conns,
         "messages": res["messages"],
         "msgs_per_s": res["messages"] / seconds,
-        "server_cpu": (s1 - s0) / _CLK_TCK / max(t1 - t0, 1e-9),
+        "server_cpu": cpu_used(s0, s1) / max(s1.t - s0.t, 1e-9),
         "client_cpu": res["client_cpu_s"] / seconds,
         "loop_frames_per_burst": stats.get("loop_frames_per_burst"),
         "loop_sleeps": stats.get("loop_sleeps"),
@@ -319,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in targets:
         if t not in TARGETS:
             p.error(f"unknown target {t!r}")
+    unwind_on_sigterm()
     topo = Topology(f"ustbench{os.getpid()}").up()
     rows = []
     try:
@@ -326,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
             for target in targets:
                 progress(f"{target}, {conns} connection(s) ...")
                 rows.append(run_one(topo, target, conns, args))
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return 130
     finally:
         topo.down()
     print(f"machine: {machine_info()}; placement {args.placement}; {SIZE}-byte messages")

@@ -57,8 +57,6 @@ import errno
 import gc
 import json
 import os
-import re
-import select
 import signal
 import socket
 import struct
@@ -67,12 +65,26 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from types import FrameType
 from typing import IO, Any, cast
 
-from benchlib import int_list, machine_info, progress
+from benchlib import (
+    cpu_used,
+    int_list,
+    machine_info,
+    machine_line,
+    pin,
+    progress,
+    quiet_wait,
+    readline,
+    spawn,
+    start_server,
+    stop_child,
+    str_list,
+    unwind_on_sigterm,
+)
 
 from ustack import netns
+from ustack.bench.targets import Server, cpu_busy, cpu_times
 from ustack.topology import Topology
 from ustack.wire.checksum import checksum
 
@@ -93,12 +105,6 @@ ICMP_ECHO_REPLY = 0
 
 _SEQ = struct.Struct("!Q")
 _ICMP = struct.Struct("!BBHHH")
-_COUNTER = re.compile(r"^\s{4}(\S+)\s+(-?[\d.]+)$")
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _pin(cpu: int) -> None:
-    os.sched_setaffinity(0, {cpu})
 
 
 def _set_rcvtimeo(sock: socket.socket, seconds: float) -> None:
@@ -127,11 +133,10 @@ class _Echo(asyncio.DatagramProtocol):
         self.echoed += 1
 
 
-def kernel_server_main(namespace: str, addr: str, port: int, cpu: int) -> int:
+def kernel_server_main(namespace: str, addr: str, port: int) -> int:
     """Child: UDP echo on kernel sockets at addr:port in `namespace` until SIGTERM."""
     import uvloop
 
-    _pin(cpu)
     netns.enter(namespace)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((addr, port))
@@ -330,7 +335,7 @@ def udp_rate(
 def client_main(spec: str) -> int:
     """Child: one test in netns N as described by a JSON spec; prints a JSON result."""
     p = json.loads(spec)
-    _pin(p["cpu"])
+    pin(p["cpu"])
     netns.enter(p["ns"])
     gc.disable()
     kind = p["kind"]
@@ -353,116 +358,18 @@ def _self_argv(*args: str) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), *args]
 
 
-def _popen(argv: list[str], cpu: int, stdin: bool = False) -> subprocess.Popen[str]:
-    # The child is pinned before exec, so every thread it ever has is pinned.
-    return subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+def start_target(topo: Topology, target: str, cpu: int) -> Server:
+    """A fresh echo server, ready: ustack in a poll mode, or the kernel baseline."""
+    if target == "kernel":
+        addr = topo.kernel_addr
+        argv = _self_argv("--kernel-server-role", topo.kernel_ns, addr, str(UDP_PORT))
+    else:
+        addr = topo.ustack_addr
+        argv = [sys.executable, "-m", "ustack", "serve", "udp-echo", "--name", topo.name]
+        argv += ["--poll", target, "--port", str(UDP_PORT)]
+    return start_server(
+        target, argv, cpu, topo=topo.name, addr=addr, port=UDP_PORT, client_ns=topo.client_ns
     )
-
-
-def _readline(proc: subprocess.Popen[str], timeout: float, what: str) -> str:
-    assert proc.stdout is not None
-    r, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if r else ""
-    if not line:
-        err = ""
-        if proc.poll() is not None and proc.stderr is not None:
-            err = proc.stderr.read()
-        raise RuntimeError(f"{what} (pid {proc.pid}) said nothing; exit {proc.poll()}: {err}")
-    return line.strip()
-
-
-def _end(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    """SIGTERM this child (by PID), SIGKILL if it hangs; its remaining output."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        out, err = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    return out, err
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def cpu_busy_sample() -> dict[int, tuple[int, int]]:
-    """Per CPU: (busy, total) jiffies from /proc/stat."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                name, *vals = line.split()
-                v = [int(x) for x in vals]
-                idle = v[3] + v[4]
-                out[int(name[3:])] = (sum(v[:8]) - idle, sum(v[:8]))
-    return out
-
-
-def quiet_wait(limit: float) -> dict[int, float]:
-    """Per-CPU busy share over one second, waiting up to `limit` s for an idle one."""
-    deadline = time.monotonic() + limit
-    while True:
-        b0 = cpu_busy_sample()
-        time.sleep(1.0)
-        busy = cpu_busy(b0, cpu_busy_sample())
-        if all(b < 0.10 for b in busy.values()) or time.monotonic() >= deadline:
-            return busy
-
-
-def cpu_busy(a: dict[int, tuple[int, int]], b: dict[int, tuple[int, int]]) -> dict[int, float]:
-    return {
-        cpu: (b[cpu][0] - a[cpu][0]) / max(1, b[cpu][1] - a[cpu][1])
-        for cpu in sorted(a)
-        if cpu in b
-    }
-
-
-class Server:
-    """One echo server child: ustack (a poll mode) or the kernel baseline."""
-
-    def __init__(self, topo: Topology, target: str, cpu: int) -> None:
-        self.target = target
-        if target == "kernel":
-            argv = _self_argv(
-                "--kernel-server-role", topo.kernel_ns, topo.kernel_addr, str(UDP_PORT), str(cpu)
-            )
-        else:
-            argv = [sys.executable, "-m", "ustack", "serve", "udp-echo", "--name", topo.name]
-            argv += ["--poll", target, "--port", str(UDP_PORT)]
-        self.proc = _popen(argv, cpu)
-        self.counters: dict[str, float] = {}
-        self.output = ""
-        try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while True:
-                line = _readline(self.proc, deadline - time.monotonic(), f"{target} server")
-                if "ready" in line:
-                    break
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.output:
-            return
-        out, err = _end(self.proc)
-        self.output = out + err or "(no output)"
-        for line in out.splitlines():
-            m = _COUNTER.match(line)
-            if m:
-                self.counters[m.group(1)] = float(m.group(2))
 
 
 @dataclass
@@ -478,9 +385,9 @@ def run_clients(topo: Topology, server: Server, specs: list[dict[str, Any]], cpu
     procs: list[subprocess.Popen[str]] = []
     try:
         for spec in specs:
-            procs.append(_popen(_self_argv("--client-role", json.dumps(spec)), cpu, stdin=True))
+            procs.append(spawn(_self_argv("--client-role", json.dumps(spec)), cpu, stdin=True))
         for p in procs:
-            word = _readline(p, READY_TIMEOUT_S, "client")
+            word = readline(p, READY_TIMEOUT_S, "client")
             if word != "ready":
                 raise RuntimeError(f"client {p.pid} said {word!r}")
         for p in procs:
@@ -489,24 +396,22 @@ def run_clients(topo: Topology, server: Server, specs: list[dict[str, Any]], cpu
             p.stdin.flush()
         longest = max(s["warmup"] + s["seconds"] for s in specs) + 30
         for p in procs:
-            word = _readline(p, longest, "client")
+            word = readline(p, longest, "client")
             if word != "timing":
                 raise RuntimeError(f"client {p.pid} said {word!r}")
-        s0 = cpu_ticks(server.proc.pid)
-        b0 = cpu_busy_sample()
-        t0 = time.monotonic()
-        results = [ClientResult(**json.loads(_readline(p, longest, "client"))) for p in procs]
-        s1 = cpu_ticks(server.proc.pid)
-        b1 = cpu_busy_sample()
-        wall = time.monotonic() - t0
+        s0 = server.sample()
+        b0 = cpu_times()
+        results = [ClientResult(**json.loads(readline(p, longest, "client"))) for p in procs]
+        s1 = server.sample()
+        b1 = cpu_times()
         for p in procs:
             p.wait(timeout=10)
     finally:
         for p in procs:
-            _end(p)
+            stop_child(p)
     return Window(
         results,
-        (s1 - s0) / _CLK_TCK / wall,
+        cpu_used(s0, s1) / (s1.t - s0.t),
         sum(r.cpu_s * 1e9 / r.elapsed_ns for r in results),
         cpu_busy(b0, b1),
     )
@@ -651,15 +556,15 @@ def build_tests(cfg: Config) -> list[Test]:
 
 def run_one(topo: Topology, cfg: Config, test: Test, target: str) -> Result:
     """One test against one target, with a fresh server."""
-    server = Server(topo, target, cfg.server_cpu)
+    server = start_target(topo, target, cfg.server_cpu)
     try:
         spec = client_spec(topo, test, target, cfg)
         w = run_clients(topo, server, [spec] * test.clients, cfg.client_cpu)
     finally:
-        server.stop()
-    res = make_result(test, target, w, server.counters, sorted({cfg.server_cpu, cfg.client_cpu}))
-    if res.samples == 0 or "Traceback" in server.output:
-        progress(f"warning: {test.name} on {target}: server said:\n{server.output}")
+        stopped = server.stop()
+    res = make_result(test, target, w, stopped.counters, sorted({cfg.server_cpu, cfg.client_cpu}))
+    if res.samples == 0 or "Traceback" in stopped.output:
+        progress(f"warning: {test.name} on {target}: server said:\n{stopped.output or '(nothing)'}")
     lat = f"p50 {res.p50_us:7.1f} us  p99 {res.p99_us:7.1f} us" if res.p50_us is not None else ""
     progress(
         f"  {test.name:<9} {target:<9} {res.rate:>10,.0f}/s  {lat}"
@@ -752,10 +657,7 @@ def report(
 ) -> None:
     w = out.write
     w(f"command: {command}\n")
-    w(
-        f"machine: {machine['cpus']} CPUs ({machine['cpu_model']}), kernel {machine['kernel']},"
-        f" Python {machine['python']}\n"
-    )
+    w(machine_line(machine) + "\n")
     w(
         f"placement: {cfg.placement}: server on CPU {cfg.server_cpu},"
         f" client(s) on CPU {cfg.client_cpu}\n"
@@ -789,10 +691,6 @@ def report(
 # -- main ---------------------------------------------------------------------
 
 
-def _str_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description="ICMP/UDP echo latency and UDP echo rate: ustack vs the kernel."
@@ -813,13 +711,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--targets",
-        type=_str_list,
+        type=str_list,
         default=list(TARGETS),
         help="kernel and/or ustack poll modes, comma-separated (kernel,busy,interrupt,hybrid)",
     )
     ap.add_argument(
         "--tests",
-        type=_str_list,
+        type=str_list,
         default=[],
         help="only these tests, by name (icmp, udp-64, rate-x1) or kind (udp, rate)",
     )
@@ -838,27 +736,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: short tests, one client")
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
-    ap.add_argument("--kernel-server-role", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--kernel-server-role", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--client-role", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
-
-
-_MAIN_PID = os.getpid()
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # pyroute2 forks helpers that inherit this handler; only the benchmark
-    # process itself unwinds (and so removes its topology).
-    if os.getpid() != _MAIN_PID:
-        os._exit(128 + signum)
-    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.kernel_server_role:
-        ns, addr, port, cpu = args.kernel_server_role
-        return kernel_server_main(ns, addr, int(port), int(cpu))
+        ns, addr, port = args.kernel_server_role
+        return kernel_server_main(ns, addr, int(port))
     if args.client_role:
         return client_main(args.client_role)
 
@@ -901,10 +788,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     command = " ".join(["python", *sys.argv])
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    unwind_on_sigterm()
     # This process only waits for its children; keep it off the server's CPU
     # unless the placement puts everything on one CPU anyway.
-    _pin(client_cpu)
+    pin(client_cpu)
     background = quiet_wait(args.quiet_wait)
     if any(b > 0.05 for b in background.values()):
         progress(

@@ -107,8 +107,11 @@ from collections.abc import Callable
 from typing import cast
 
 from ustack.apps.kvstore import (
+    COMMAND_STAT_NAMES,
+    ITEM_STAT_NAMES,
     KEY_MAX_LENGTH,
     DeltaError,
+    Item,
     KvStore,
     StoreMode,
     StoreResult,
@@ -230,7 +233,7 @@ class KvServer:
             ("curr_connections", c.conns_active),
             ("total_connections", c.conns_accepted),
         ]
-        pairs += [(name, s[name]) for name in _GENERAL_COUNTERS]
+        pairs += [(name, s[name]) for name in COMMAND_STAT_NAMES]
         pairs += [
             ("bytes_read", c.bytes_in),
             ("bytes_written", c.bytes_out),
@@ -239,7 +242,7 @@ class KvServer:
             ("bytes", store.bytes),
             ("curr_items", len(store)),
         ]
-        pairs += [(name, s[name]) for name in _ITEM_COUNTERS]
+        pairs += [(name, s[name]) for name in ITEM_STAT_NAMES]
         return [(k, str(v)) for k, v in pairs]
 
     def settings_stats(self) -> list[tuple[str, str]]:
@@ -257,38 +260,6 @@ class KvServer:
             ("flush_enabled", "yes"),
         ]
         return [(k, str(v)) for k, v in pairs]
-
-
-_GENERAL_COUNTERS = (
-    "cmd_get",
-    "cmd_set",
-    "cmd_flush",
-    "cmd_touch",
-    "get_hits",
-    "get_misses",
-    "get_expired",
-    "get_flushed",
-    "delete_misses",
-    "delete_hits",
-    "incr_misses",
-    "incr_hits",
-    "decr_misses",
-    "decr_hits",
-    "cas_misses",
-    "cas_hits",
-    "cas_badval",
-    "touch_hits",
-    "touch_misses",
-    "store_too_large",
-    "store_no_memory",
-)
-_ITEM_COUNTERS = (
-    "total_items",
-    "expired_unfetched",
-    "evicted_unfetched",
-    "evictions",
-    "reclaimed",
-)
 
 
 def _stats_reply(pairs: list[tuple[str, str]]) -> bytes:
@@ -548,27 +519,23 @@ class KvProtocol(asyncio.Protocol):
         self, tokens: list[bytes], first: int, return_cas: bool, touch: float | None
     ) -> None:
         store = self.store
-        replies: list[bytes] = []
-        size = 0
+        ctrl = self._ctrl
+        out = self._out
+        mark = len(out)
+        size = len(_END)
         for i in range(first, len(tokens)):
             key = tokens[i]
-            if self._bad_key(key):
+            # _bad_key(), inlined on the get path.
+            if len(key) > KEY_MAX_LENGTH or (ctrl and _CTRL.search(key) is not None):
                 # memcached replaces the whole reply, values found so far included.
+                del out[mark:]
                 self._emit(_BAD_FORMAT)
                 return
             it = store.get(key) if touch is None else store.get_and_touch(key, touch)
             if it is not None:
-                data = it.data
-                if return_cas:
-                    head = b"VALUE %b %d %d %d\r\n" % (key, it.flags, len(data) - 2, it.cas)
-                else:
-                    head = b"VALUE %b %d %d\r\n" % (key, it.flags, len(data) - 2)
-                replies.append(head)
-                replies.append(data)
-                size += len(head) + len(data)
-        replies.append(_END)
-        self._out += replies
-        self._out_bytes += size + 5
+                size += _append_value(out, key, it, return_cas)
+        out.append(_END)
+        self._out_bytes += size
 
     def _stream_feed(self, text: bytes, final: bool) -> None:
         """More of a streamed get line; `final` when its newline has come."""
@@ -615,15 +582,8 @@ class KvProtocol(asyncio.Protocol):
             it = store.get(key)
             if it is None:
                 continue
-            data = it.data
-            if s.return_cas:
-                head = b"VALUE %b %d %d %d\r\n" % (key, it.flags, len(data) - 2, it.cas)
-            else:
-                head = b"VALUE %b %d %d\r\n" % (key, it.flags, len(data) - 2)
-            s.held.append(head)
-            s.held.append(data)
             # Count the objects too: for small values they cost more than the bytes.
-            s.held_bytes += len(head) + len(data) + 2 * _PIECE_OVERHEAD
+            s.held_bytes += _append_value(s.held, key, it, s.return_cas) + 2 * _PIECE_OVERHEAD
             if s.held_bytes > GET_STREAM_HOLD:
                 # Bounded memory wins over memcached's all-or-nothing reply.
                 self._out += s.held
@@ -693,24 +653,35 @@ class KvProtocol(asyncio.Protocol):
         )
         self._reply(result.value, p.noreply)
 
-    def _cmd_delta(self, tokens: list[bytes]) -> None:
-        if len(tokens) not in (3, 4):
+    def _number_arg(
+        self, tokens: list[bytes], keyed: bool, parse: Callable[[bytes], int | None], bad: bytes
+    ) -> int | None:
+        """The number of ``<cmd> [<key>] <number> [noreply]``; None once the line is refused.
+
+        A wrong count of arguments is ``ERROR``, a bad key (when `keyed`)
+        ``CLIENT_ERROR bad command line format``, a number `parse` refuses `bad`.
+        """
+        at = 2 if keyed else 1
+        n = len(tokens)
+        if n != at + 1 and n != at + 2:
             self._emit(_ERROR)
-            return
+            return None
         noreply = tokens[-1] == b"noreply"
-        key = tokens[1]
-        if self._bad_key(key):
+        if keyed and self._bad_key(tokens[1]):
             self._reply(_BAD_FORMAT, noreply)
-            return
-        delta = safe_strtoull(tokens[2])
+            return None
+        number = parse(tokens[at])
+        if number is None:
+            self._reply(bad, noreply)
+        return number
+
+    def _cmd_delta(self, tokens: list[bytes]) -> None:
+        delta = self._number_arg(tokens, True, safe_strtoull, _BAD_DELTA)
         if delta is None:
-            self._reply(_BAD_DELTA, noreply)
             return
-        result = self.store.delta(key, delta, tokens[0] == b"incr")
-        if isinstance(result, DeltaError):
-            self._reply(result.value, noreply)
-        else:
-            self._reply(result + b"\r\n", noreply)
+        result = self.store.delta(tokens[1], delta, tokens[0] == b"incr")
+        reply = result.value if isinstance(result, DeltaError) else result + b"\r\n"
+        self._reply(reply, tokens[-1] == b"noreply")
 
     def _cmd_delete(self, tokens: list[bytes]) -> None:
         n = len(tokens)
@@ -734,20 +705,11 @@ class KvProtocol(asyncio.Protocol):
         self._reply(b"DELETED\r\n" if self.store.delete(key) else b"NOT_FOUND\r\n", noreply)
 
     def _cmd_touch(self, tokens: list[bytes]) -> None:
-        if len(tokens) not in (3, 4):
-            self._emit(_ERROR)
-            return
-        noreply = tokens[-1] == b"noreply"
-        key = tokens[1]
-        if self._bad_key(key):
-            self._reply(_BAD_FORMAT, noreply)
-            return
-        exptime = safe_strtol(tokens[2])
+        exptime = self._number_arg(tokens, True, safe_strtol, _BAD_EXPTIME)
         if exptime is None:
-            self._reply(_BAD_EXPTIME, noreply)
             return
-        found = self.store.touch(key, self.store.expiry(exptime))
-        self._reply(b"TOUCHED\r\n" if found else b"NOT_FOUND\r\n", noreply)
+        found = self.store.touch(tokens[1], self.store.expiry(exptime))
+        self._reply(b"TOUCHED\r\n" if found else b"NOT_FOUND\r\n", tokens[-1] == b"noreply")
 
     def _cmd_flush_all(self, tokens: list[bytes]) -> None:
         n = len(tokens)
@@ -776,16 +738,11 @@ class KvProtocol(asyncio.Protocol):
         self._flush()
 
     def _cmd_verbosity(self, tokens: list[bytes]) -> None:
-        if len(tokens) not in (2, 3):
-            self._emit(_ERROR)
-            return
-        noreply = tokens[-1] == b"noreply"
-        level = safe_strtoul(tokens[1])
+        level = self._number_arg(tokens, False, safe_strtoul, _BAD_FORMAT)
         if level is None:
-            self._reply(_BAD_FORMAT, noreply)
             return
         self.server.verbosity = min(level, MAX_VERBOSITY)
-        self._reply(b"OK\r\n", noreply)
+        self._reply(b"OK\r\n", tokens[-1] == b"noreply")
 
     def _cmd_stats(self, tokens: list[bytes]) -> None:
         if len(tokens) == 1:
@@ -816,14 +773,11 @@ class KvProtocol(asyncio.Protocol):
         self._emit(b"ERROR: shutdown not enabled\r\n")
 
     def _cmd_cache_memlimit(self, tokens: list[bytes]) -> None:
-        if len(tokens) not in (2, 3):
-            self._emit(_ERROR)
+        mb = self._number_arg(tokens, False, safe_strtoul, _ERROR)
+        if mb is None:
             return
         noreply = tokens[-1] == b"noreply"
-        mb = safe_strtoul(tokens[1])
-        if mb is None:
-            self._reply(_ERROR, noreply)
-        elif mb < 8:
+        if mb < 8:
             self._reply(b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n", noreply)
         elif mb > 1_000_000_000:
             self._reply(b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes\r\n", noreply)
@@ -865,6 +819,18 @@ class KvProtocol(asyncio.Protocol):
         self._out.clear()
         self._out_pos = 0
         self._out_bytes = 0
+
+
+def _append_value(out: list[bytes], key: bytes, it: Item, return_cas: bool) -> int:
+    """Append the ``VALUE`` reply of one item (header, then the stored data); its bytes."""
+    data = it.data
+    if return_cas:
+        head = b"VALUE %b %d %d %d\r\n" % (key, it.flags, len(data) - 2, it.cas)
+    else:
+        head = b"VALUE %b %d %d\r\n" % (key, it.flags, len(data) - 2)
+    out.append(head)
+    out.append(data)
+    return len(head) + len(data)
 
 
 def _is_get_line(line: bytes) -> bool:

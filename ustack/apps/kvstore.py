@@ -109,7 +109,9 @@ def item_total(nkey: int, flags: int, nbytes: int) -> int:
     return ITEM_OVERHEAD - 2 + nkey + nbytes + (FLAGS_SIZE if flags else 0)
 
 
-STAT_NAMES = (
+# The counters `stats` reports, in memcached's order: the commands' (the
+# general stats before `bytes_read`), then the items' (after `curr_items`).
+COMMAND_STAT_NAMES = (
     "cmd_get",
     "cmd_set",
     "cmd_flush",
@@ -131,12 +133,15 @@ STAT_NAMES = (
     "touch_misses",
     "store_too_large",
     "store_no_memory",
+)
+ITEM_STAT_NAMES = (
     "total_items",
     "expired_unfetched",
     "evicted_unfetched",
     "evictions",
     "reclaimed",
 )
+STAT_NAMES = COMMAND_STAT_NAMES + ITEM_STAT_NAMES
 
 
 class KvStore:
@@ -235,6 +240,16 @@ class KvStore:
 
     def get_and_touch(self, key: bytes, exptime: float) -> Item | None:
         """A gat/gats of one key: the item with its new expiry, counted as a touch."""
+        it = self._touch(key, exptime)
+        if it is not None:
+            it.fetched = True
+        return it
+
+    def touch(self, key: bytes, exptime: float) -> bool:
+        """A touch of one key: whether it was there, counted as a touch."""
+        return self._touch(key, exptime) is not None
+
+    def _touch(self, key: bytes, exptime: float) -> Item | None:
         stats = self.stats
         stats["cmd_touch"] += 1
         it = self._live(key, self._now())
@@ -243,21 +258,8 @@ class KvStore:
             return None
         stats["touch_hits"] += 1
         it.exptime = exptime
-        it.fetched = True
         self._items.move_to_end(key)
         return it
-
-    def touch(self, key: bytes, exptime: float) -> bool:
-        stats = self.stats
-        stats["cmd_touch"] += 1
-        it = self._live(key, self._now())
-        if it is None:
-            stats["touch_misses"] += 1
-            return False
-        stats["touch_hits"] += 1
-        it.exptime = exptime
-        self._items.move_to_end(key)
-        return True
 
     # -- writing ---------------------------------------------------------
 
