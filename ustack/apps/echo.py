@@ -101,11 +101,20 @@ class EchoDatagramProtocol(_Datagram):
         c.bytes_out += len(data)
 
     def _send_empty(self, addr: tuple[str | Any, int]) -> bool:
-        """Send an empty datagram, which asyncio's (3.11) and uvloop's sendto drop."""
+        """Send an empty datagram, which asyncio's (3.11) and uvloop's sendto drop.
+
+        ustack's transport sends it; its socket is the one without a file
+        descriptor.  On kernel sockets it goes through the socket itself.
+        """
         assert self.transport is not None
         sock = self.transport.get_extra_info("socket")
         if sock is None:
             return False
+        if sock.fileno() < 0:
+            if self.transport.is_closing():
+                return False
+            self.transport.sendto(b"", addr)
+            return True
         try:
             sock.sendto(b"", addr)
             return True
