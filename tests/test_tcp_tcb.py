@@ -1008,32 +1008,37 @@ def test_established_burst_of_dupacks_newreno_ssthresh_from_flight_at_last_trans
 
 def test_established_sack_recovery_retransmits_each_lost_hole_once() -> None:
     cfg = plain(sndbuf=8000, sack=True)
-    tcb = established(cfg, sack_permitted=True)
+    tcb = established(cfg, sack_permitted=True)  # min RTT 10 ms: reordering window 2.5 ms
     tcb.send(b"d" * 6000)
     assert len(tcb.dispatch(T1)) == 10  # segments 0..9; 0 and 2 get lost
     t = T1 + 10 * MS
     rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((500, 1000)))
     expect(tcb, t, Seg(s(L0 + 5000), R0, ACK, 4000, b"d" * 500))  # limited transmit
-    rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((1500, 2000), (500, 1000)))
-    expect(tcb, t, Seg(s(L0 + 5500), R0, ACK | PSH, 4000, b"d" * 500))
-    rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((1500, 2500), (500, 1000)))
+    # RACK: segment 0 went before the SACKed one; it may still be reordered
+    # for min_rtt / 4, so a timer waits that long rather than a loss.
+    assert tcb.poll_at() == t + 2500
+    rx(tcb, t + MS, R0, L0, ACK, sack_blocks=_sack((1500, 2000), (500, 1000)))
+    expect(tcb, t + MS, Seg(s(L0 + 5500), R0, ACK | PSH, 4000, b"d" * 500))
+    assert not tcb.in_recovery
+    # Three segments SACKed and no reordering seen: the window is 0 (RFC 8985
+    # 6.2 step 4, DupThresh's verdict): segments 0 and 2 are lost at once.
+    rx(tcb, t + 2 * MS, R0, L0, ACK, sack_blocks=_sack((1500, 2500), (500, 1000)))
     assert tcb.in_recovery
     assert tcb.cwnd == 4200  # 0.7 * 6000
-    expect(tcb, t, Seg(L0, R0, ACK, 4000, b"d" * 500))  # the first segment at once
-    # pipe = 4500 >= cwnd: the unSACKed 4000 bytes above 500, where losses
-    # start (1500 SACKed above), plus the retransmitted first segment
-    rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((1500, 3000), (500, 1000)))
-    # now 1500 bytes SACKed above segment 2 make it lost too; pipe 3500 leaves
-    # room for one segment: resend it
-    expect(tcb, t, Seg(s(L0 + 1000), R0, ACK, 4000, b"d" * 500))
-    rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((1500, 3500), (500, 1000)))
-    expect(tcb, t)  # nothing else is lost, and no new data waits
+    expect(tcb, t + 2 * MS, Seg(L0, R0, ACK, 4000, b"d" * 500))  # the first segment at once
+    # pipe = 6000 sent - 1500 SACKed - 500 lost = 4000: no room for segment 2 yet
+    rx(tcb, t + 3 * MS, R0, L0, ACK, sack_blocks=_sack((1500, 3000), (500, 1000)))
+    # 2000 SACKed: pipe 3500 leaves room for one segment: resend segment 2
+    expect(tcb, t + 3 * MS, Seg(s(L0 + 1000), R0, ACK, 4000, b"d" * 500))
+    rx(tcb, t + 4 * MS, R0, L0, ACK, sack_blocks=_sack((1500, 3500), (500, 1000)))
+    expect(tcb, t + 4 * MS)  # nothing else went before a delivered segment; no new data
     st = tcb.stats()
     assert (st["sacked_bytes"], st["sack_holes"]) == (2500, 2)
-    rx(tcb, t + 10 * MS, R0, s(L0 + 1000), ACK, sack_blocks=_sack((1500, 3500)))
-    expect(tcb, t + 10 * MS)  # partial ACK: nothing is lost above HighRxt
+    # The first retransmission arrives, and everything from 1500 on.
+    rx(tcb, t + 12 * MS, R0, s(L0 + 1000), ACK, sack_blocks=_sack((1500, 6000)))
+    expect(tcb, t + 12 * MS)  # segment 2's retransmission went after all of that
     assert tcb.in_recovery
-    rx(tcb, t + 11 * MS, R0, s(L0 + 6000), ACK)
+    rx(tcb, t + 13 * MS, R0, s(L0 + 6000), ACK)
     assert not tcb.in_recovery
     assert tcb.cwnd == 4200
     assert tcb.retransmits == 2
@@ -1065,6 +1070,10 @@ def test_established_rto_forgets_sack_and_goes_back_skipping_what_is_sacked_agai
     tcb.send(b"d" * 2000)
     tcb.dispatch(T1)
     rx(tcb, T1 + MS, R0, L0, ACK, sack_blocks=_sack((500, 1000)))
+    # RACK's reordering window (min RTT 10 ms / 4) runs out: segment 0 is lost.
+    fire(tcb, T1 + 3500)
+    expect(tcb, T1 + 3500, Seg(L0, R0, ACK, 4000, b"d" * 500))
+    # Nothing more arrives: the retransmission timer, started at T1, expires.
     fire(tcb, T1 + 200 * MS)
     assert tcb.stats()["sacked_bytes"] == 0  # RFC 2018 8: the receiver may renege
     expect(tcb, T1 + 200 * MS, Seg(L0, R0, ACK, 4000, b"d" * 500))

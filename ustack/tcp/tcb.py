@@ -3,8 +3,9 @@
 Owns everything about one connection from the first SYN to CLOSED: the
 eleven states, the send and receive sequence spaces, the option
 negotiation (MSS, window scale and timestamps of RFC 7323, SACK-permitted
-of RFC 2018), retransmission with RFC 6298 timers, fast retransmit with
-SACK-based (RFC 6675) or NewReno (RFC 6582) recovery, flow control with silly window
+of RFC 2018), retransmission with RFC 6298 timers, loss detection with RACK-TLP (RFC
+8985) and SACK-based (RFC 6675) recovery, or NewReno (RFC 6582) recovery
+without SACK, flow control with silly window
 avoidance on both sides (RFC 9293 3.8.6), Nagle (RFC 896), delayed ACKs
 (RFC 1122 4.2.3.2, RFC 5681 4.2), zero-window probing, keepalive, PAWS
 (RFC 7323 5) and the blind-attack defences of RFC 5961.  It never reads a
@@ -81,9 +82,11 @@ Input (on_segment), in RFC 9293 3.10.7 order
 Fast path (Linux's header prediction): in ESTABLISHED, an ACK without
 SYN, FIN, RST, URG or SACK blocks at exactly RCV.NXT that passes PAWS,
 acknowledges nothing or new data, carries data or new acknowledgment and
-fits the window, while no recovery runs and no out-of-order data waits,
-passes every check below by construction; `_fast_path` does only its ACK
-and data steps.  Everything else takes the numbered steps.
+fits the window, while no recovery runs, no out-of-order data waits and
+RACK-TLP has nothing to examine (nothing SACKed, no retransmission or loss
+probe unacknowledged), passes every check below by construction;
+`_fast_path` does only its ACK and data steps.  Everything else takes the
+numbered steps.
 
 SYN-SENT follows 3.10.7.3 (an ACK outside (ISS, SND.NXT] is answered with
 <SEQ=SEG.ACK><CTL=RST>; a RST counts only with an acceptable ACK and gives
@@ -140,9 +143,10 @@ Output (dispatch)
 -----------------
 
 In order: RST replies and an abort's RST; the SYN or SYN-ACK (also its
-retransmission); a fast retransmission of the first unacknowledged
-segment; new data and the FIN as windows allow; a zero-window or
-keepalive probe; a pure ACK if one is owed.  Every segment with ACK
+retransmission); a loss probe; a fast retransmission of the first
+unacknowledged segment (with SACK, of the first range marked lost);
+new data and the FIN as windows allow; a zero-window or keepalive
+probe; a pure ACK if one is owed.  Every segment with ACK
 carries the current RCV.NXT, window and, once negotiated, timestamps and
 SACK blocks (most recent first, RFC 2018 4), so any of them settles an
 owed ACK.
@@ -187,6 +191,16 @@ Timers (one deadline each; `poll_at` is their minimum):
   out only if the peer has said nothing for `max_rto_us` (Linux).
   `user_timeout_us`, when set, also bounds the time from the first
   retransmission (RFC 9293's USER TIMEOUT, Linux's TCP_USER_TIMEOUT).
+- loss probe (RFC 8985 7, SACK only): after new data went out or was
+  ACKed, while nothing is SACKed and no recovery runs, PTO = 2 * SRTT
+  (plus `TLP_DELACK_US` for a lone segment in flight, else plus 2 ms as
+  Linux adds), never later than the retransmission timer.  On expiry one
+  probe goes in place of a timeout: a new segment if the window allows,
+  else the last segment again; the retransmission timer restarts.  At most
+  one probe per flight.
+- RACK reordering (RFC 8985 6.3): when a segment sent before the most
+  recently delivered one is still within the reordering window, a timer
+  runs until its window ends; then loss detection runs again.
 - delayed ACK: `delayed_ack_us` after the first unacknowledged segment.
 - persist (RFC 9293 3.8.6.1): runs while data waits, nothing is in flight
   and the window stops it; RTO-based with back-off up to `max_rto_us`.  On
@@ -213,21 +227,44 @@ Congestion control is the `congestion` module's (CUBIC by default);
 the Tcb tells it when data is ACKed, when fast retransmit starts and a
 full ACK ends recovery, on a timeout and after idle.  Loss recovery:
 
-- With SACK negotiated, RFC 6675: SACK blocks within (SND.UNA, SND.MAX]
-  fill a scoreboard (`sack.Scoreboard`; D-SACK and bogus blocks are
-  ignored).  Recovery starts on DupThresh (3) duplicate ACKs, an ACK that
-  SACKs new data counting as one, or as soon as IsLost(SND.UNA).  The
-  first segment is resent at once; then, while cwnd - pipe >= SMSS, the
-  first lost unSACKed segment above HighRxt is resent, else new data is
-  sent (NextSeg rules 1 and 2; rules 3 and 4 are left out, as Linux does).
+- With SACK negotiated, RACK-TLP (RFC 8985) decides what is lost and RFC
+  6675 what to send.  SACK blocks within (SND.UNA, SND.MAX] fill a
+  scoreboard (`sack.Scoreboard`) and mark the transmission record (see
+  "RACK-TLP" below); bogus blocks are ignored.  A segment is lost once a
+  segment sent after it was delivered (ACKed or SACKed) and it is overdue
+  by the reordering window; that also finds lost retransmissions.  The
+  window is 0 until reordering is seen, while recovery runs or once
+  DupThresh (3) segments are SACKed (so with no reordering RACK declares
+  what RFC 6675's IsLost would), else min_RTT / 4, times one more for
+  every round trip with a D-SACK (RFC 2883 blocks are recognised for
+  this and for the probe), back to one after 16 recoveries without, and
+  never above SRTT.  Recovery starts when RACK marks a loss (or, from a
+  peer that sends duplicate ACKs without SACK blocks, on DupThresh of
+  them).  The first lost range is resent at once; then, while cwnd - pipe
+  >= SMSS, the first range marked lost is resent, else new data is sent
+  (NextSeg rules 1 and 2; rules 3 and 4 are left out, as Linux does).
+  pipe counts every byte sent and neither SACKed nor marked lost.  A probe
+  that repaired a lost tail (the ACK covers it and no D-SACK said both
+  copies arrived) reduces cwnd as a recovery would (RFC 8985 7.4).
 - Without SACK, NewReno (RFC 6582): the first segment is resent on the
   third duplicate ACK and again after each partial ACK.
 - Both: `recover` keeps a timeout or a recovery from being followed by
   another fast retransmit for data sent before it; a full ACK (SND.MAX at
   entry) ends recovery with cwnd = ssthresh; the retransmission timer is
   restarted by every partial ACK (RFC 6582 "slow but steady").  A timeout
-  forgets the scoreboard (RFC 2018 8: the receiver may have reneged);
-  going back after it skips ranges SACKed again since.
+  forgets the scoreboard (RFC 2018 8: the receiver may have reneged) and
+  marks everything in flight lost; going back after it skips ranges
+  SACKed again since.  Spurious reductions are not undone (no Eifel or
+  D-SACK undo, RFC 3522 / 3708).
+
+RACK-TLP needs each range's last transmit time.  The send buffer is a byte
+ring, so the record is kept beside it as three parallel lists (end offset,
+transmit time, flags SACKED / LOST / RETRANS) of entries that partition
+[SND.UNA, SND.MAX) in sequence order.  A burst of new data extends the
+last entry (one transmit time per dispatch), so the per-segment cost is
+an integer store; only SACK edges and retransmissions split entries, and
+adjacent SACKed entries merge again.  Segments sent at the same time are
+ordered by sequence number, as RFC 8985's RACK_sent_after does.
 
 Challenge ACKs (RFC 5961 7): a per-connection token bucket,
 `challenge_ack_per_s` (default 10) with the same burst.  Linux limits
@@ -246,8 +283,10 @@ tcp_min_snd_mss, against CVE-2019-11477-style resource exhaustion);
 without the option it is 536 (RFC 9293 3.7.1).
 
 Not implemented: urgent data (RFC 6093 deprecates it; URG is ignored),
-D-SACK use, RACK-TLP (RFC 8985), ECN, path MTU discovery, data on SYN (it
-is ignored; the peer retransmits it), TCP Fast Open, pacing.
+undo of spurious reductions, RACK after a timeout (lost retransmissions
+of the go-back wait for the next timeout, where Linux's RACK still marks
+them), ECN, path MTU discovery, data on SYN (it is ignored; the peer
+retransmits it), TCP Fast Open, pacing.
 """
 
 from __future__ import annotations
@@ -255,6 +294,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -292,6 +332,22 @@ TS_OPTION_LEN: Final = 12
 """NOP NOP Timestamps: the option bytes on every segment once timestamps are on."""
 DUPACK_THRESHOLD: Final = 3
 """RFC 5681 3.2."""
+TLP_NO_RTT_PTO_US: Final = 1_000_000
+"""RFC 8985 7.2: the probe timeout before any RTT sample."""
+TLP_DELACK_US: Final = 200_000
+"""RFC 8985 7.2 WCDelAckT: a lone segment's ACK may be delayed this long."""
+TLP_SLACK_US: Final = 2_000
+"""Added to 2 * SRTT when more than one segment is in flight (Linux's TCP_TIMEOUT_MIN)."""
+RACK_PERSIST_RECOVERIES: Final = 16
+"""RFC 8985 6.2 step 4: recoveries a D-SACK-widened reordering window survives."""
+
+# Transmission record flags (RACK-TLP).
+_RK_SACKED: Final = 1
+"""The peer SACKed the range (delivered above SND.UNA)."""
+_RK_LOST: Final = 2
+"""RACK (or a timeout) marked the range lost; not retransmitted since."""
+_RK_RETRANS: Final = 4
+"""The range was retransmitted at least once (RFC 8985 Segment.retransmitted)."""
 
 _EMPTY: Final = memoryview(b"")
 _FAST_PATH_MASK: Final = SYN | FIN | RST | ACK | 0x20  # URG: the flags the fast path rules out
@@ -510,7 +566,6 @@ class Tcb:
         "_fin_queued",
         "_fin_rcv_seq",
         "_fin_seq",
-        "_high_rxt",
         "_in_recovery",
         "_ka_deadline",
         "_ka_due",
@@ -522,11 +577,26 @@ class Tcb:
         "_persist_backoff",
         "_persist_deadline",
         "_probe_due",
+        "_rack_dsack_round",
+        "_rack_end",
+        "_rack_fack",
+        "_rack_reord",
+        "_rack_rtt",
+        "_rack_wnd_mult",
+        "_rack_wnd_persist",
+        "_rack_xmit",
         "_rcv_fin",
         "_rcv_mss",
         "_rcvbuf",
         "_recover",
+        "_reo_deadline",
         "_retries",
+        "_rk_end",
+        "_rk_flags",
+        "_rk_lost",
+        "_rk_retx_hi",
+        "_rk_sacked",
+        "_rk_xmit",
         "_rst_out",
         "_rto_force",
         "_rtt",
@@ -545,6 +615,12 @@ class Tcb:
         "_syn_opts",
         "_syn_retransmitted",
         "_syn_window",
+        "_tlp_deadline",
+        "_tlp_due",
+        "_tlp_end",
+        "_tlp_rearm",
+        "_tlp_retrans",
+        "_tlp_seq",
         "_ts_offset",
         "_ts_ok",
         "_ts_recent",
@@ -558,17 +634,21 @@ class Tcb:
         "bytes_sent",
         "config",
         "counters",
+        "dsacks",
         "error",
         "irs",
         "iss",
         "last_ack_sent",
         "local",
         "max_snd_wnd",
+        "rack_reo_timeouts",
         "rcv_adv",
         "rcv_nxt",
         "rcv_wscale",
+        "recoveries",
         "remote",
         "retransmits",
+        "rtos",
         "segs_in",
         "segs_out",
         "smss",
@@ -580,6 +660,8 @@ class Tcb:
         "snd_wnd",
         "snd_wscale",
         "state",
+        "tlp_probes",
+        "tlp_recoveries",
     )
 
     # -- construction ---------------------------------------------------------
@@ -650,8 +732,31 @@ class Tcb:
         self._recover = iss
         self._sb = Scoreboard()
         self._una_abs = 0  # SND.UNA as an absolute offset from ISS, for the scoreboard
-        self._high_rxt = 0  # RFC 6675 HighRxt (absolute), in SACK recovery
-        self._sack_rec = False  # the current recovery is RFC 6675's
+        self._sack_rec = False  # the current recovery is SACK-based (RACK marks, RFC 6675 sends)
+        # Transmission record (see "RACK-TLP" in the module docstring): one
+        # entry per transmission of a range above SND.UNA, in sequence order,
+        # as three parallel lists (end offset, transmit time, flags).
+        self._rk_end: list[int] = []
+        self._rk_xmit: list[int] = []
+        self._rk_flags: list[int] = []
+        self._rk_sacked = 0  # bytes in SACKED entries
+        self._rk_lost = 0  # bytes in LOST entries
+        self._rk_retx_hi = 0  # no entry ending above this was retransmitted
+        self._rack_xmit = -1  # RACK.xmit_ts (-1: nothing delivered yet)
+        self._rack_end = 0  # RACK.end_seq (absolute)
+        self._rack_rtt = 0  # RACK.rtt
+        self._rack_fack = 0  # RACK.fack (absolute)
+        self._rack_reord = False  # RACK.reordering_seen
+        self._rack_wnd_mult = 1  # RACK.reo_wnd_mult
+        self._rack_wnd_persist = 0  # RACK.reo_wnd_persist
+        self._rack_dsack_round: int | None = None  # RACK.dsack_round (a sequence number)
+        self._reo_deadline: int | None = None
+        self._tlp_deadline: int | None = None
+        self._tlp_due = False
+        self._tlp_rearm = False
+        self._tlp_end: int | None = None  # TLP.end_seq: SND.MAX when the probe went
+        self._tlp_seq = 0  # first sequence number of the probe
+        self._tlp_retrans = False  # TLP.is_retrans
         self._retries = 0
         self._rtx_since_us = 0  # first retransmission of the unacknowledged data
         self._syn_retransmitted = False
@@ -674,6 +779,12 @@ class Tcb:
         self.bytes_sent = 0
         self.bytes_retrans = 0
         self.retransmits = 0
+        self.rtos = 0
+        self.recoveries = 0
+        self.tlp_probes = 0
+        self.tlp_recoveries = 0
+        self.rack_reo_timeouts = 0
+        self.dsacks = 0
         self.segs_in = 0
         self.segs_out = 0
 
@@ -987,6 +1098,14 @@ class Tcb:
             "ooo_bytes": self._rcvbuf.out_of_order_bytes,
             "sacked_bytes": self._sb.sacked_bytes,
             "sack_holes": self._sb.holes(self._una_abs),
+            "rtos": self.rtos,
+            "recoveries": self.recoveries,
+            "tlp_probes": self.tlp_probes,
+            "tlp_recoveries": self.tlp_recoveries,
+            "rack_reo_timeouts": self.rack_reo_timeouts,
+            "rack_reordering_seen": self._rack_reord,
+            "rack_reo_wnd_us": self._rack_reo_wnd() if self._sack_ok else 0,
+            "dsacks": self.dsacks,
             "congestion_control": self._cc.name,
         }
         s.update(self.counters)
@@ -1041,6 +1160,8 @@ class Tcb:
         self._persist_deadline = None
         self._ka_deadline = None
         self._tw_deadline = None
+        self._reo_deadline = None
+        self._tlp_deadline = None
         self._ack_now = False
         self._rtx_head = False
         self._probe_due = False
@@ -1058,6 +1179,8 @@ class Tcb:
         self._persist_deadline = None
         self._ka_deadline = None
         self._delack_deadline = None
+        self._reo_deadline = None
+        self._tlp_deadline = None
         self._tw_deadline = now_us + self.config.time_wait_us
         self._sndbuf.clear()
 
@@ -1067,28 +1190,19 @@ class Tcb:
         Outside SACK recovery: bytes sent since SND.UNA (up to SND.NXT, which
         a timeout rewinds) less the SACKed ones, or without SACK
         information one segment per duplicate ACK.  In SACK recovery, RFC
-        6675 4: every unSACKed byte not considered lost, plus every unSACKed
-        byte retransmitted (below HighRxt).
+        6675 4 with RACK's marks: every byte sent and neither SACKed nor
+        marked lost (a retransmission clears the mark, so it counts again).
         """
-        sb = self._sb
         if not self._sack_rec:
             pipe = seq_sub(self.snd_nxt, self.snd_una)
+            sb = self._sb
             if sb:
                 pipe -= sb.sacked_in(self._una_abs, self._una_abs + pipe)
             else:
                 pipe -= self._dup_bytes
             return pipe if pipe > 0 else 0
-        una = self._una_abs
-        hi = una + seq_sub(self.snd_max, self.snd_una)
-        le = sb.lost_end(self.smss, DUPACK_THRESHOLD)
-        le = una if le is None or le < una else le
-        hr = self._high_rxt
-        if hr > hi:
-            hr = hi
-        pipe = (hi - le) - sb.sacked_in(le, hi)
-        if hr > una:
-            pipe += (hr - una) - sb.sacked_in(una, hr)
-        return pipe
+        pipe = seq_sub(self.snd_max, self.snd_una) - self._rk_sacked - self._rk_lost
+        return pipe if pipe > 0 else 0
 
     def _window_bytes(self, left: int) -> int:
         """The window we would offer now, given `left` bytes of the advertised one remain."""
@@ -1270,6 +1384,9 @@ class Tcb:
             or self._dupacks
             or self._app_closed
             or seg.sack_blocks
+            or self._rk_sacked
+            or self._una_abs < self._rk_retx_hi
+            or self._tlp_end is not None
         ):
             return False
         rcvbuf = self._rcvbuf
@@ -1392,17 +1509,34 @@ class Tcb:
         una = self.snd_una
         acked = seq_sub(ack, una)
         wnd = seg.window << self.snd_wscale
+        rack_xmit = self._rack_xmit
+        rack_end = self._rack_end
         if acked > 0:
             self._ack_advance(ack, acked, seg, now_us)
         new_sacked = 0
-        if seg.sack_blocks and self._sack_ok and self.snd_max != self.snd_una:
-            new_sacked = self._sack_update(seg.sack_blocks)
-        if acked == 0 and self.snd_max != una:
-            # RFC 5681 2 duplicate ACK, or RFC 6675 2: an ACK that SACKs new data.
-            if new_sacked or (plen == 0 and not seg.flags & FIN and wnd == self.snd_wnd):
-                self._on_dupack(now_us)
-        elif new_sacked and not self._in_recovery:
-            self._maybe_enter_recovery(now_us)
+        blocks = seg.sack_blocks
+        if blocks and self._sack_ok:
+            if self._is_dsack(blocks, ack):
+                self._on_dsack(blocks[0])
+            if self.snd_max != self.snd_una:
+                new_sacked = self._sack_update(blocks, now_us)
+        if self._tlp_end is not None:
+            self._tlp_on_ack(seg, acked, new_sacked, now_us)
+        if self._sack_ok and (
+            rack_xmit != self._rack_xmit
+            or rack_end != self._rack_end
+            or (acked > 0 and self._reo_deadline is not None)
+        ):
+            # RFC 8985 6.2 step 5 after new deliveries; also when the ACK may
+            # have delivered what the reordering timer waits for.
+            self._rack_check(now_us)
+        # RFC 5681 2 duplicate ACK, or RFC 6675 2: an ACK that SACKs new data.
+        if (
+            acked == 0
+            and self.snd_max != una
+            and (new_sacked or (plen == 0 and not seg.flags & FIN and wnd == self.snd_wnd))
+        ):
+            self._on_dupack(now_us)
         # Window update (SND.WL1/SND.WL2 rule); ACKs older than SND.UNA do not count.
         if acked >= 0 and (
             seq_lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and seq_le(self.snd_wl2, ack))
@@ -1448,9 +1582,13 @@ class Tcb:
             self.snd_nxt = ack
         self.bytes_acked += data
         self._retries = 0
-        self._una_abs += acked
+        old_abs = self._una_abs
+        self._una_abs = una_abs = old_abs + acked
         if self._sb:
-            self._sb.advance(self._una_abs)
+            self._sb.advance(una_abs)
+        if self._rk_end:
+            self._rk_acked(old_abs, una_abs, now_us)
+        self._tlp_rearm = True
         # RTT sample: the timed segment (Karn), else TSecr (RFC 7323 4).
         rtt_seq = self._rtt_seq
         if rtt_seq is not None and seq_ge(ack, rtt_seq):
@@ -1466,11 +1604,11 @@ class Tcb:
                 self._dupacks = 0
                 self._dup_bytes = 0
                 self._cc.on_exit_recovery(now_us)
-            elif self._sack_rec:
-                # RFC 6675: NextSeg picks what to send; HighRxt never lags SND.UNA.
-                if self._high_rxt < self._una_abs:
-                    self._high_rxt = self._una_abs
-            else:
+                if self._rack_wnd_persist > 0:  # RFC 8985 6.2 step 4
+                    self._rack_wnd_persist -= 1
+                    if self._rack_wnd_persist == 0:
+                        self._rack_wnd_mult = 1
+            elif not self._sack_rec:
                 # Partial ACK: retransmit the next hole; what it covered beyond one
                 # segment had been counted as left the network by duplicate ACKs.
                 self._rtx_head = True
@@ -1485,6 +1623,7 @@ class Tcb:
         # Retransmission timer (RFC 6298 5.2, 5.3).
         if ack == self.snd_max:
             self._rtx_deadline = None
+            self._reo_deadline = None
         else:
             self._rtx_deadline = now_us + self._rtt.rto_us
         self._persist_backoff = 0
@@ -1496,47 +1635,392 @@ class Tcb:
             self._maybe_enter_recovery(now_us)
 
     def _maybe_enter_recovery(self, now_us: int) -> None:
-        """Fast retransmit: DupThresh duplicate ACKs, or with SACK IsLost(SND.UNA)."""
-        if self._dupacks < DUPACK_THRESHOLD:
-            if not self._sack_ok:
+        """Fast retransmit: RACK marked a loss, or DupThresh duplicate ACKs without SACK."""
+        if self._sack_ok:
+            if not self._rk_lost and (self._dupacks < DUPACK_THRESHOLD or self._rk_sacked):
                 return
-            lost_end = self._sb.lost_end(self.smss, DUPACK_THRESHOLD)
-            if lost_end is None or lost_end <= self._una_abs:
-                return
+        elif self._dupacks < DUPACK_THRESHOLD:
+            return
         # RFC 6582 3.2 step 2 (and RFC 6675 5 step 2): not again for data sent
         # before the last recovery or timeout.
         if not seq_ge(self.snd_una, self._recover):
             return
+        if self._sack_ok and not self._rk_lost:
+            # Duplicate ACKs that carry no SACK blocks although SACK was
+            # negotiated: RFC 5681's DupThresh declares the first segment lost.
+            self._rk_mark_lost(self._una_abs, self._una_abs + self.smss)
         # FlightSize as of the last transmission: earlier ACKs of this burst
         # have drained the flight, and nothing was sent in between.
         flight = max(seq_sub(self.snd_max, self.snd_una), self._sent_pipe)
         self._recover = self.snd_max
         self._in_recovery = True
         self._sack_rec = self._sack_ok
-        self._high_rxt = self._una_abs
         self._cc.on_enter_recovery(now_us, flight)
         self._rtx_head = True  # RFC 6675 5 step 4.3 / RFC 6582: the first segment at once
         self._rtt_seq = None
+        self._tlp_deadline = None
+        self.recoveries += 1
 
     def _abs(self, seq: int) -> int:
         """Sequence number -> absolute offset (valid within the send window)."""
         return self._una_abs + seq_sub(seq, self.snd_una)
 
-    def _sack_update(self, blocks: tuple[tuple[int, int], ...]) -> int:
-        """Add the peer's SACK blocks to the scoreboard; return the newly SACKed bytes.
+    def _sack_update(self, blocks: tuple[tuple[int, int], ...], now_us: int) -> int:
+        """Add the peer's SACK blocks to the scoreboard and the transmission record.
 
-        A block must lie within (SND.UNA, SND.MAX] (RFC 2018 / RFC 6675 3);
-        others, D-SACK blocks (RFC 2883) among them, are ignored.
+        Returns the newly SACKed bytes.  A block must lie within (SND.UNA,
+        SND.MAX] (RFC 2018 / RFC 6675 3); others, D-SACK blocks (RFC 2883)
+        among them, are ignored here.
         """
         una = self.snd_una
         flight = seq_sub(self.snd_max, una)
+        base = self._una_abs
         new = 0
         for left, right in blocks:
             a = seq_sub(left, una)
             b = seq_sub(right, una)
             if 0 < a < b <= flight:
-                new += self._sb.add(self._una_abs + a, self._una_abs + b)
+                new += self._sb.add(base + a, base + b)
+                self._rk_sack(base + a, base + b, now_us)
         return new
+
+    @staticmethod
+    def _is_dsack(blocks: tuple[tuple[int, int], ...], ack: int) -> bool:
+        """RFC 2883 4: the first block reports a duplicate if it lies below SEG.ACK
+        or within the second block."""
+        left, right = blocks[0]
+        if seq_le(right, ack):
+            return True
+        if len(blocks) > 1:
+            l2, r2 = blocks[1]
+            return seq_ge(left, l2) and seq_le(right, r2)
+        return False
+
+    def _on_dsack(self, block: tuple[int, int]) -> None:
+        """A D-SACK arrived: widen RACK's reordering window once per round (RFC 8985 6.2 step 4)."""
+        self.dsacks += 1
+        rnd = self._rack_dsack_round
+        if rnd is not None and seq_ge(self.snd_una, rnd):
+            rnd = self._rack_dsack_round = None
+        if rnd is None:
+            self._rack_dsack_round = self.snd_max
+            self._rack_wnd_mult += 1
+            self._rack_wnd_persist = RACK_PERSIST_RECOVERIES
+        end = self._tlp_end
+        if end is not None and self._tlp_retrans:
+            left, right = block
+            if seq_lt(left, end) and seq_gt(right, self._tlp_seq):
+                # Both the probe and what it repeated arrived: no loss (RFC 8985 7.4.2).
+                self._tlp_end = None
+
+    # -- RACK-TLP (RFC 8985) ------------------------------------------------------
+    #
+    # The transmission record: entries [start, end) in sequence order that
+    # partition [SND.UNA, SND.MAX) as absolute offsets; an entry's start is
+    # the previous entry's end (or SND.UNA).  Segments of one burst share a
+    # transmit time, so new data sent at the same time as the last entry
+    # extends it; a SACK block or a retransmission that covers part of an
+    # entry splits it, and adjacent SACKed entries merge again.  RACK's
+    # "sent after" order is (transmit time, end); within an entry the bytes
+    # are "sent before" anything later in the same entry, which splitting at
+    # every SACK edge makes exact for the delivered ranges.
+
+    def _rk_sent(self, pos: int, length: int, retrans: int, now_us: int) -> None:
+        """[pos, pos + length) went out at `now_us`; its first `retrans` bytes went before."""
+        if retrans:
+            self._rk_retransmitted(pos, pos + retrans, now_us)
+            if retrans >= length:
+                return
+            pos += retrans
+            length -= retrans
+        ends = self._rk_end
+        if ends and ends[-1] == pos and self._rk_xmit[-1] == now_us and not self._rk_flags[-1]:
+            ends[-1] = pos + length
+        else:
+            ends.append(pos + length)
+            self._rk_xmit.append(now_us)
+            self._rk_flags.append(0)
+
+    def _rk_split(self, pos: int) -> int:
+        """Make `pos` an entry boundary; return the index of the entry that starts there."""
+        ends = self._rk_end
+        i = bisect_right(ends, pos)
+        if i < len(ends) and (ends[i - 1] if i else self._una_abs) < pos:
+            ends.insert(i, pos)
+            self._rk_xmit.insert(i, self._rk_xmit[i])
+            self._rk_flags.insert(i, self._rk_flags[i])
+            i += 1
+        return i
+
+    def _rk_retransmitted(self, a: int, b: int, now_us: int) -> None:
+        """[a, b) was sent again at `now_us`: one entry, in flight, retransmitted."""
+        i = self._rk_split(a)
+        j = self._rk_split(b)
+        if i >= j:
+            return
+        ends = self._rk_end
+        flags = self._rk_flags
+        start = ends[i - 1] if i else self._una_abs
+        for k in range(i, j):
+            f = flags[k]
+            if f & _RK_LOST:
+                self._rk_lost -= ends[k] - start
+            elif f & _RK_SACKED:
+                self._rk_sacked -= ends[k] - start
+            start = ends[k]
+        if j - i > 1:
+            del ends[i : j - 1]
+            del self._rk_xmit[i : j - 1]
+            del flags[i : j - 1]
+        self._rk_xmit[i] = now_us
+        flags[i] = _RK_RETRANS
+        if b > self._rk_retx_hi:
+            self._rk_retx_hi = b
+
+    def _rk_mark_lost(self, a: int, b: int) -> None:
+        """Mark the unSACKed entries within [a, b) lost (DupThresh without SACK blocks)."""
+        i = self._rk_split(a)
+        j = self._rk_split(b)
+        ends = self._rk_end
+        flags = self._rk_flags
+        start = ends[i - 1] if i else self._una_abs
+        for k in range(i, j):
+            f = flags[k]
+            if not f & (_RK_SACKED | _RK_LOST):
+                flags[k] = f | _RK_LOST
+                self._rk_lost += ends[k] - start
+            start = ends[k]
+
+    def _rk_acked(self, old: int, una: int, now_us: int) -> None:
+        """SND.UNA moved from `old` to `una`: drop the entries below it, delivering them."""
+        ends = self._rk_end
+        flags = self._rk_flags
+        xmit = self._rk_xmit
+        n = len(ends)
+        k = 0
+        start = old
+        while k < n:
+            e = ends[k]
+            f = flags[k]
+            if e > una:
+                if una > start:  # the ACK ends inside this entry
+                    if f & _RK_LOST:
+                        self._rk_lost -= una - start
+                    elif f & _RK_SACKED:
+                        self._rk_sacked -= una - start
+                    else:
+                        self._rack_deliver(xmit[k], una, f, now_us)
+                break
+            if f & _RK_SACKED:
+                self._rk_sacked -= e - start
+            else:
+                if f & _RK_LOST:
+                    self._rk_lost -= e - start
+                self._rack_deliver(xmit[k], e, f, now_us)
+            start = e
+            k += 1
+        if k:
+            del ends[:k]
+            del xmit[:k]
+            del flags[:k]
+
+    def _rk_sack(self, a: int, b: int, now_us: int) -> None:
+        """The peer SACKed [a, b): mark the entries, delivering those not SACKed before."""
+        ends = self._rk_end
+        flags = self._rk_flags
+        xmit = self._rk_xmit
+        i = bisect_right(ends, a)
+        while i < len(ends):
+            start = ends[i - 1] if i else self._una_abs
+            if start >= b:
+                break
+            f = flags[i]
+            if f & _RK_SACKED:
+                i += 1
+                continue
+            if start < a:
+                ends.insert(i, a)
+                xmit.insert(i, xmit[i])
+                flags.insert(i, f)
+                i += 1
+                start = a
+            e = ends[i]
+            if e > b:
+                ends.insert(i, b)
+                xmit.insert(i, xmit[i])
+                flags.insert(i, f)
+                e = b
+            if f & _RK_LOST:
+                self._rk_lost -= e - start
+            self._rk_sacked += e - start
+            self._rack_deliver(xmit[i], e, f, now_us)
+            flags[i] = _RK_SACKED
+            if i and flags[i - 1] & _RK_SACKED:
+                ends[i - 1] = e  # merge with the SACKed entry before
+                del ends[i]
+                del xmit[i]
+                del flags[i]
+            else:
+                i += 1
+        if 0 < i < len(ends) and flags[i] & _RK_SACKED and flags[i - 1] & _RK_SACKED:
+            del ends[i - 1]
+            del xmit[i - 1]
+            del flags[i - 1]
+
+    def _rack_deliver(self, xmit_us: int, end: int, flags: int, now_us: int) -> None:
+        """RFC 8985 6.2 steps 2 and 3 for one newly ACKed or SACKed range."""
+        if end > self._rack_fack:
+            self._rack_fack = end
+        elif end < self._rack_fack and not flags & _RK_RETRANS:
+            self._rack_reord = True  # delivered below something delivered before
+        if flags & _RK_RETRANS:
+            # Which copy arrived?  Not this one if the round trip would be
+            # shorter than any seen (Linux's tcp_rack_advance).  RFC 8985
+            # also rejects an echoed TSval older than the retransmission,
+            # but a receiver echoes the TSval of its last in-order segment
+            # (RFC 7323 4.3), so every SACK of a retransmission that left a
+            # hole below it would be rejected: Linux leaves that test out.
+            min_rtt = self._rtt.min_rtt_us
+            if min_rtt is not None and now_us - xmit_us < min_rtt:
+                return
+        if xmit_us > self._rack_xmit or (xmit_us == self._rack_xmit and end > self._rack_end):
+            self._rack_xmit = xmit_us
+            self._rack_end = end
+            self._rack_rtt = now_us - xmit_us
+
+    def _rack_reo_wnd(self) -> int:
+        """RFC 8985 6.2 step 4: how long a segment sent before a delivered one may still come."""
+        if not self._rack_reord:
+            if seq_lt(self.snd_una, self._recover):
+                return 0  # in fast or timeout recovery, with no reordering seen
+            if self._rk_sacked >= DUPACK_THRESHOLD * self.smss:
+                return 0  # DupThresh would have declared the loss
+        rtt = self._rtt
+        wnd = self._rack_wnd_mult * ((rtt.min_rtt_us or 0) >> 2)
+        srtt = rtt.srtt_us or 0
+        return wnd if wnd < srtt else srtt
+
+    def _rack_detect(self, now_us: int) -> int:
+        """RFC 8985 6.2 step 5: mark lost what was sent before the most recently
+        delivered segment and is overdue by the reordering window; return how
+        long until the next one would be (0: none waits)."""
+        rack_xmit = self._rack_xmit
+        if rack_xmit < 0:
+            return 0
+        rack_end = self._rack_end
+        wait = self._rack_rtt + self._rack_reo_wnd() - now_us
+        ends = self._rk_end
+        flags = self._rk_flags
+        xmit = self._rk_xmit
+        retx_hi = self._rk_retx_hi
+        start = self._una_abs
+        timeout = 0
+        for k in range(len(ends)):
+            e = ends[k]
+            f = flags[k]
+            if not f & (_RK_SACKED | _RK_LOST):
+                x = xmit[k]
+                if x < rack_xmit or (x == rack_xmit and e < rack_end):
+                    remaining = x + wait
+                    if remaining <= 0:
+                        flags[k] = f | _RK_LOST
+                        self._rk_lost += e - start
+                    elif remaining > timeout:
+                        timeout = remaining
+                elif start >= retx_hi:
+                    # Never retransmitted from here on: later entries were sent later.
+                    break
+            start = e
+        return timeout
+
+    def _rack_check(self, now_us: int) -> None:
+        """Run RACK's loss detection, arm its reordering timer, start recovery on a loss."""
+        timeout = self._rack_detect(now_us)
+        self._reo_deadline = now_us + timeout if timeout else None
+        if self._rk_lost and not self._in_recovery:
+            self._maybe_enter_recovery(now_us)
+
+    def _rk_first_lost(self, limit: int) -> tuple[int, int] | None:
+        """The first range marked lost below `limit` (NextSeg rule 1 with RACK's marks)."""
+        if not self._rk_lost:
+            return None
+        ends = self._rk_end
+        start = self._una_abs
+        for k, f in enumerate(self._rk_flags):
+            if start >= limit:
+                return None
+            e = ends[k]
+            if f & _RK_LOST:
+                return start, e if e < limit else limit
+            start = e
+        return None
+
+    def _tlp_arm(self, now_us: int) -> None:
+        """RFC 8985 7.2: (re)start the probe timeout after new data went out or was ACKed."""
+        if (
+            self._in_recovery
+            or self._rk_sacked
+            or self._tlp_end is not None
+            or seq_lt(self.snd_una, self._recover)
+            or self.snd_nxt != self.snd_max
+        ):
+            self._tlp_deadline = None
+            return
+        if not self._tlp_rearm and self._tlp_deadline is not None:
+            return
+        self._tlp_rearm = False
+        srtt = self._rtt.srtt_us
+        if srtt is None:
+            pto = TLP_NO_RTT_PTO_US
+        elif seq_sub(self.snd_max, self.snd_una) <= self.smss:
+            pto = 2 * srtt + TLP_DELACK_US
+        else:
+            pto = 2 * srtt + TLP_SLACK_US
+        deadline = now_us + pto
+        rtx = self._rtx_deadline
+        if rtx is not None and deadline > rtx:
+            deadline = rtx
+        self._tlp_deadline = deadline
+
+    def _tlp_on_ack(self, seg: TcpSegment, acked: int, new_sacked: int, now_us: int) -> None:
+        """RFC 8985 7.4: did the probe repair a loss?"""
+        end = self._tlp_end
+        if end is None or seq_lt(seg.ack, end):
+            return
+        if not self._tlp_retrans:
+            self._tlp_end = None  # a probe of new data: RACK sees to any loss
+        elif seq_gt(seg.ack, end):
+            # Only one copy was needed: the probe repaired a lost tail, a
+            # congestion event the window must answer (Linux enters CWR).
+            self._tlp_end = None
+            self.tlp_recoveries += 1
+            if not self._in_recovery:
+                self._cc.on_enter_recovery(now_us, max(self._sent_pipe, self.smss))
+                self._cc.on_exit_recovery(now_us)
+        elif acked == 0 and not new_sacked and not seg.sack_blocks:
+            self._tlp_end = None  # a duplicate ACK without SACK: nothing to learn
+
+    def _send_tlp(self, out: list[OutSegment], now_us: int) -> None:
+        """RFC 8985 7.3: one new segment if the window allows, else the last one sent again."""
+        self.tlp_probes += 1
+        sndbuf = self._sndbuf
+        off = seq_sub(self.snd_nxt, self.snd_una)
+        n = min(len(sndbuf) - off, self.snd_wnd - off, self.smss)
+        if n > 0:
+            self._tlp_seq = self.snd_nxt
+            self._tlp_retrans = False
+            self._send_data(out, off, n, now_us)
+        else:
+            sent = min(seq_sub(self.snd_max, self.snd_una), len(sndbuf))
+            n = min(sent, self.smss)
+            saved = self.snd_nxt
+            self.snd_nxt = seq_add(self.snd_una, sent - n)
+            self._tlp_seq = self.snd_nxt
+            self._tlp_retrans = True
+            self._send_data(out, sent - n, n, now_us)
+            if seq_gt(saved, self.snd_nxt):
+                self.snd_nxt = saved
+        self._tlp_end = self.snd_max
 
     def _on_text(self, dseq: int, payload: Buffer, fin: int, now_us: int) -> None:
         """Seventh and eighth steps: `payload` starts at sequence number `dseq`."""
@@ -1619,6 +2103,8 @@ class Tcb:
         t: int | None = None
         for d in (
             self._rtx_deadline,
+            self._tlp_deadline,
+            self._reo_deadline,
             self._delack_deadline,
             self._persist_deadline,
             self._ka_deadline,
@@ -1636,6 +2122,24 @@ class Tcb:
             if self.state is TIME_WAIT or self.state is FIN_WAIT_2:
                 self._close_now()
                 return
+        d = self._reo_deadline
+        if d is not None and d <= now_us:
+            # RFC 8985 6.3: the reordering window of a segment ran out.
+            self._reo_deadline = None
+            self.rack_reo_timeouts += 1
+            self._rack_check(now_us)
+        d = self._tlp_deadline
+        if d is not None and d <= now_us:
+            # RFC 8985 7.3: the probe goes in place of a timeout, which is restarted.
+            self._tlp_deadline = None
+            if (
+                self.state in _OUTPUT_STATES
+                and self.snd_max != self.snd_una
+                and not self._in_recovery
+                and self._tlp_end is None
+            ):
+                self._tlp_due = True
+                self._rtx_deadline = now_us + self._rtt.rto_us
         d = self._rtx_deadline
         if d is not None and d <= now_us:
             self._on_rto(now_us)
@@ -1685,6 +2189,7 @@ class Tcb:
                     self._reset(errno.ETIMEDOUT)
                     return
             self._retries += 1
+            self.rtos += 1
             self._cc.on_rto(now_us, seq_sub(self.snd_max, self.snd_una))
             self._in_recovery = False
             self._sack_rec = False
@@ -1694,11 +2199,24 @@ class Tcb:
             self._rtx_head = False
             # RFC 2018 8: the receiver may have reneged; forget what it SACKed.
             self._sb.clear()
+            self._rk_all_lost()
+            self._tlp_end = None
+            self._tlp_due = False
+            self._tlp_deadline = None
+            self._reo_deadline = None
             self.snd_nxt = self.snd_una
             self._rto_force = True
         self._rtt_seq = None
         self._rtt.backoff()
         self._rtx_deadline = now_us + self._rtt.rto_us
+
+    def _rk_all_lost(self) -> None:
+        """A timeout: everything in flight counts as lost, nothing as SACKed (RFC 2018 8)."""
+        flags = self._rk_flags
+        for k, f in enumerate(flags):
+            flags[k] = (f & _RK_RETRANS) | _RK_LOST
+        self._rk_sacked = 0
+        self._rk_lost = self._rk_end[-1] - self._una_abs if self._rk_end else 0
 
     def _on_keepalive(self, now_us: int) -> None:
         cfg = self.config
@@ -1877,9 +2395,17 @@ class Tcb:
         nxt = seq_add(seq, length)
         self.snd_nxt = nxt
         new = seq_sub(nxt, self.snd_max)
+        if self._sack_ok:
+            self._rk_sent(
+                self._una_abs + seq_sub(seq, self.snd_una),
+                length,
+                length if new <= 0 else length - new,
+                now_us,
+            )
         if new > 0:
             self.snd_max = nxt
             self.bytes_sent += new - 1 if flags & FIN else new
+            self._tlp_rearm = True
         if new < length:
             # Part or all of it was sent before: a retransmission (Karn: no timing).
             self.retransmits += 1
@@ -1895,6 +2421,14 @@ class Tcb:
         """Fast retransmission, then new data and FIN as windows, Nagle and SWS allow."""
         sndbuf = self._sndbuf
         smss = self.smss
+        if self._tlp_due:
+            self._tlp_due = False
+            self._send_tlp(out, now_us)
+        if self._sack_rec:
+            force = self._rtx_head
+            self._rtx_head = False
+            self._output_sack_recovery(out, now_us, force)
+            return
         if self._rtx_head:
             self._rtx_head = False
             n = min(len(sndbuf), smss)
@@ -1902,13 +2436,8 @@ class Tcb:
             self.snd_nxt = self.snd_una
             if n > 0 or self._fin_queued:
                 self._send_data(out, 0, n, now_us)
-                if self._sack_rec and self._high_rxt < self._una_abs + n:
-                    self._high_rxt = self._una_abs + n
             if seq_gt(saved, self.snd_nxt):
                 self.snd_nxt = saved
-        if self._sack_rec:
-            self._output_sack_recovery(out, now_us)
-            return
         if self.snd_max == self.snd_una and len(sndbuf) and self.snd_wnd:
             idle = now_us - self._last_send_us
             if idle > 0:
@@ -1965,32 +2494,28 @@ class Tcb:
                 n -= n % smss
             self._send_data(out, off, n, now_us)
 
-    def _output_sack_recovery(self, out: list[OutSegment], now_us: int) -> None:
+    def _output_sack_recovery(self, out: list[OutSegment], now_us: int, force: bool) -> None:
         """RFC 6675 5 step (C): send while cwnd - pipe >= 1 SMSS, choosing with NextSeg.
 
-        NextSeg's rules 1 (retransmit the first lost unSACKed byte above
-        HighRxt) and 2 (new data) are followed.  Rule 3 (retransmit any
-        unSACKed byte, a SHOULD) and the rescue retransmission of rule 4
-        (a MAY) are left out, as in Linux: they mostly resend data sent a
-        moment ago; a lost tail is left to the retransmission timer.
+        NextSeg's rules 1 (retransmit the first range RACK marked lost; the
+        retransmission clears the mark) and 2 (new data) are followed;
+        `force` sends the first lost range whatever cwnd says (step 4.3).
+        Rule 3 (retransmit any unSACKed byte, a SHOULD) and the rescue
+        retransmission of rule 4 (a MAY) are left out, as in Linux: RACK
+        marks a lost retransmission lost again, and a lost tail is RACK's
+        and the loss probe's business.
         """
-        sb = self._sb
         smss = self.smss
         sndbuf = self._sndbuf
         nodelay = self.config.nodelay or self._fin_queued
-        while self._cc.cwnd - self._pipe() >= smss:
+        while force or self._cc.cwnd - self._pipe() >= smss:
             una = self._una_abs
-            data_hi = una + len(sndbuf)
-            sent_hi = una + seq_sub(self.snd_max, self.snd_una)
-            if sent_hi > data_hi:
-                sent_hi = data_hi  # a FIN in flight is the timer's business
-            start = self._high_rxt if self._high_rxt > una else una
-            # Rule 1: the first unSACKed byte above HighRxt that IsLost.
-            lost_end = sb.lost_end(smss, DUPACK_THRESHOLD)
-            hole = None
-            if lost_end is not None and start < lost_end:
-                hole = sb.next_unsacked(start, min(lost_end, sent_hi))
+            # Rule 1 (a FIN in flight is the timer's business).
+            hole = self._rk_first_lost(una + len(sndbuf))
             if hole is None:
+                if force:
+                    force = False
+                    continue
                 # Rule 2: new data, if the peer's window and Nagle allow a segment.
                 off = seq_sub(self.snd_nxt, self.snd_una)
                 avail = len(sndbuf) - off
@@ -2003,23 +2528,27 @@ class Tcb:
                     self._send_data(out, off, 0, now_us)
                     continue
                 return
+            force = False
             pos, end = hole
             n = min(end - pos, smss)
             saved = self.snd_nxt
             self.snd_nxt = seq_add(self.snd_una, pos - una)
-            n = self._send_data(out, pos - una, n, now_us)
+            self._send_data(out, pos - una, n, now_us)
             self.snd_nxt = saved
-            self._high_rxt = pos + n
 
     def _arm_send_timers(self, now_us: int) -> None:
         """Retransmission timer while anything is unacknowledged, else persist if data waits."""
         if self.snd_max != self.snd_una:
             if self._rtx_deadline is None:
                 self._rtx_deadline = now_us + self._rtt.rto_us
+            if self._sack_ok:
+                self._tlp_arm(now_us)
             self._persist_deadline = None
             self._persist_backoff = 0
             return
         self._rtx_deadline = None
+        self._tlp_deadline = None
+        self._reo_deadline = None
         waiting = len(self._sndbuf) > 0 or (
             self._fin_queued and self._fin_seq is not None and self.snd_nxt == self._fin_seq
         )
