@@ -1309,6 +1309,44 @@ def test_established_paws_does_not_apply_to_rst() -> None:
     assert tcb.error == errno.ECONNRESET
 
 
+def _ts_sack_sending() -> Tcb:
+    """Timestamps and SACK; four segments of 488 bytes in flight since T1."""
+    cfg = plain(timestamps=True, sack=True)
+    tcb = established(cfg, ts=(1000, T0 // MS), sack_permitted=True)
+    tcb.send(b"d" * 1952)
+    assert len(tcb.dispatch(T1)) == 4
+    return tcb
+
+
+def test_established_paws_processes_a_reordered_duplicate_ack() -> None:
+    tcb = _ts_sack_sending()
+    t = T1 + 10 * MS
+    rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((488, 976)), ts=(1005, T1 // MS))
+    # The peer's earlier duplicate ACK, overtaken on the way: older TSval.
+    rx(tcb, t, R0, L0, ACK, sack_blocks=_sack((488, 1464)), ts=(1004, T1 // MS))
+    assert tcb.counters == {}  # not a PAWS drop (Linux's tcp_disordered_ack)
+    st = tcb.stats()
+    assert (st["paws_exempt_acks"], st["dupacks"], st["sacked_bytes"]) == (1, 2, 976)
+    assert st["ts_recent"] == 1005  # TS.Recent does not go back
+    expect(tcb, t)  # and it is not answered with an ACK
+
+
+def test_established_paws_still_drops_an_old_ack_that_moved_nothing_new() -> None:
+    tcb = _ts_sack_sending()
+    t = T1 + 10 * MS
+    rx(tcb, t, R0, s(L0 + 976), ACK, ts=(1005, T1 // MS))
+    rx(tcb, t, R0, s(L0 + 488), ACK, ts=(1004, T1 // MS))  # older cumulative ACK
+    assert tcb.counters == {TcpDrop.PAWS: 1}
+    # A duplicate ACK whose TSval is older than TS.Recent by more than an RTO
+    # (200 ms) is no reordering: dropped.
+    rx(tcb, t, R0, s(L0 + 976), ACK, ts=(1005 - 300, T1 // MS))
+    assert tcb.counters[TcpDrop.PAWS] == 2
+    # Nor is a duplicate ACK that would change the window.
+    rx(tcb, t, R0, s(L0 + 976), ACK, window=PEER_WIN + 100, ts=(1004, T1 // MS))
+    assert tcb.counters[TcpDrop.PAWS] == 3
+    assert tcb.stats()["paws_exempt_acks"] == 0
+
+
 def test_established_paws_wraps_modulo_2_32() -> None:
     tcb = established(plain(timestamps=True), ts=(2**32 - 2, T0 // MS))
     rx(tcb, T1 + MS, R0, L0, ACK, b"a", ts=(3, T1 // MS))  # 5 ticks later, across the wrap

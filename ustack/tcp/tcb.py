@@ -94,7 +94,9 @@ ECONNREFUSED; a SYN without ACK is a simultaneous open: SYN-RECEIVED and a
 SYN-ACK).  The other states follow 3.10.7.4:
 
 0. PAWS (RFC 7323 5.3): a segment whose TSval is older than TS.Recent is
-   dropped and answered with an ACK, unless it is a RST.  TS.Recent older
+   dropped and answered with an ACK, unless it is a RST or, as Linux's
+   tcp_disordered_ack allows, a pure duplicate ACK reordered behind a
+   newer one (see `_reordered_dupack`).  TS.Recent older
    than 24 days is no longer trusted (5.5).  A segment without timestamps
    on a connection that negotiated them is accepted, as Linux does (RFC
    7323 3.2 lets a receiver accept it).
@@ -641,6 +643,7 @@ class Tcb:
         "last_ack_sent",
         "local",
         "max_snd_wnd",
+        "paws_exempt_acks",
         "rack_reo_timeouts",
         "rcv_adv",
         "rcv_nxt",
@@ -785,6 +788,7 @@ class Tcb:
         self.tlp_recoveries = 0
         self.rack_reo_timeouts = 0
         self.dsacks = 0
+        self.paws_exempt_acks = 0
         self.segs_in = 0
         self.segs_out = 0
 
@@ -1106,6 +1110,7 @@ class Tcb:
             "rack_reordering_seen": self._rack_reord,
             "rack_reo_wnd_us": self._rack_reo_wnd() if self._sack_ok else 0,
             "dsacks": self.dsacks,
+            "paws_exempt_acks": self.paws_exempt_acks,
             "congestion_control": self._cc.name,
         }
         s.update(self.counters)
@@ -1261,9 +1266,12 @@ class Tcb:
             and seq_lt(seg.ts_val, self._ts_recent)
             and now_us - self._ts_recent_us <= PAWS_IDLE_US
         ):
-            self._count(TcpDrop.PAWS)
-            self._ack_unacceptable(seg, plen, now_us)
-            return
+            if self._reordered_dupack(seg, plen):
+                self.paws_exempt_acks += 1
+            else:
+                self._count(TcpDrop.PAWS)
+                self._ack_unacceptable(seg, plen, now_us)
+                return
 
         if flags & SYN:  # never with RST: parse_tcp drops that combination
             if state is SYN_RECEIVED and seq == self.irs:
@@ -1356,6 +1364,32 @@ class Tcb:
         # Seventh and eighth: text and FIN.
         if (plen or fin) and self.state in _RECEIVE_STATES:
             self._on_text(seq, payload, fin, now_us)
+
+    def _reordered_dupack(self, seg: TcpSegment, plen: int) -> bool:
+        """May a segment that failed PAWS be processed anyway? (Linux's tcp_disordered_ack)
+
+        PAWS exists to keep old duplicate *data* from a wrapped sequence
+        space out of the receive buffer (RFC 7323 5).  A pure ACK at exactly
+        RCV.NXT that acknowledges exactly SND.UNA, leaves the send window as
+        it is and whose TSval is less than one RTO older than TS.Recent
+        brings no data and changes no state a replay could abuse: it is a
+        duplicate ACK the network reordered behind a newer one (ACKs of one
+        flight carry TSvals a millisecond apart).  Dropping it, as RFC 7323
+        5.3 R1 read literally does, loses its SACK blocks and its count as a
+        duplicate ACK, and answers it with an ACK of our own; Linux exempts
+        exactly these segments, and so do we.  TS.Recent is not moved by
+        them (RFC 7323 4.3 takes only newer TSvals).
+        """
+        if plen or seg.flags & (SYN | FIN | RST) or not seg.flags & ACK:
+            return False
+        seq = seg.seq
+        if seq != self.rcv_nxt or seg.ack != self.snd_una:
+            return False
+        wnd = seg.window << self.snd_wscale
+        if seq_gt(seq, self.snd_wl1) or (seq == self.snd_wl1 and (wnd > self.snd_wnd or wnd == 0)):
+            return False  # it could update the window (Linux's tcp_may_update_window)
+        age_ms = (self._ts_recent - (seg.ts_val or 0)) & _MASK32
+        return age_ms * 1000 <= self._rtt.rto_us
 
     def _fast_path(self, seg: TcpSegment, payload: Buffer, now_us: int) -> bool:
         """Header prediction (Linux's tcp_rcv_established): the common in-order segment.
