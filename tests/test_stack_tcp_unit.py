@@ -1089,6 +1089,30 @@ def test_timer_heap_bounded_during_long_exchange(net: Net, listener: TcpListener
     assert peer.received == b"x" * 200_000
 
 
+def test_tail_loss_probe_fires_from_the_timer_heap(net: Net, listener: TcpListener):
+    peer = Peer(net, window=65535)
+    conn = establish(net, listener, peer)
+    tcb = conn.tcb
+    conn.send(b"x" * 3 * tcb.smss)
+    sent = summary(peer.got(net.flush()))
+    assert [n for _, _, _, n in sent] == [tcb.smss] * 3
+    # The peer stays silent: the next deadline is the probe timeout, before
+    # the retransmission timer, and it is the heap's only live entry.
+    deadline = net.tcp.next_deadline_us()
+    assert deadline == tcb.poll_at()
+    assert deadline is not None and deadline < net.now + tcb.rto_us
+    live = [e for e in net.tcp._timers if e[2]._timer_at == e[0]]
+    assert len(live) == 1
+    out = summary(net.timers(deadline))
+    # The probe: the last segment again (sequence number, ACK and length).
+    assert len(out) == 1 and out[0][1:] == sent[-1][1:]
+    st = tcb.stats()
+    assert (st["tlp_probes"], st["rtos"]) == (1, 0)
+    # Then only the restarted retransmission timer remains.
+    assert net.tcp.next_deadline_us() == deadline + tcb.rto_us
+    assert len([e for e in net.tcp._timers if e[2]._timer_at == e[0]]) == 1
+
+
 def test_keepalive_idle_connection_probes_only_when_due():
     net = Net(
         config=TcpConfig(keepalive=True, keepalive_idle_us=10 * S, keepalive_interval_us=2 * S)
