@@ -366,9 +366,11 @@ MEMCACHED_SESSIONS: list[tuple[str, bytes, bytes]] = [
         b"VALUE k 0 1\r\ny\r\nEND\r\n",
     ),
     (
+        # Exptimes here are long: memcached's clock ticks once a second, so an
+        # item touched for 1 s may expire at its next tick, a few ms later.
         "touch_and_gat",
         b"set k 1 0 1\r\na\r\ntouch k 100\r\ntouch j 100\r\ntouch k abc\r\ntouch k\r\n"
-        b"touch k 1 noreply\r\ntouch k 0 extra\r\ngat 0 k j\r\ngats 0 k\r\n"
+        b"touch k 100 noreply\r\ntouch k 0 extra\r\ngat 0 k j\r\ngats 0 k\r\n"
         b"gat abc k\r\n",
         b"STORED\r\nTOUCHED\r\nNOT_FOUND\r\nCLIENT_ERROR invalid exptime argument\r\n"
         b"ERROR\r\nTOUCHED\r\nVALUE k 1 1\r\na\r\nEND\r\nVALUE k 1 1 1\r\na\r\nEND\r\n"
