@@ -4,6 +4,7 @@
                  [--targets NAME,...] [--placement same-cpu|cross-cpu]
                  [--seconds S] [--warmup S] [--repeat N] [--quick]
                  [--sizes 64,1024] [--connections N] [--depth 1,8] [--processes P]
+                 [--rate REQ_PER_S] [--max-outstanding N]
                  [--json FILE] [--plot FILE.png] [--no-calibrate] [--name TOPO]
 
 Builds its own topology (removed at the end, also on Ctrl-C or SIGTERM)
@@ -96,6 +97,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--depth", type=_ints, default=[1, 8], help="requests in flight per connection (1,8)"
     )
     p.add_argument("--processes", type=int, default=2, help="load generator processes (2)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="echo-rate and kv open loop: offered requests/s in all, on a fixed schedule"
+        " split over the processes (default 0: closed loop, --depth in flight)",
+    )
+    p.add_argument(
+        "--max-outstanding",
+        type=int,
+        default=256,
+        help="open loop: requests in flight per connection at most; more are dropped (256)",
+    )
     p.add_argument("--kv-keys", type=int, default=10000)
     p.add_argument("--kv-value", type=int, default=1024, help="kv value bytes (1024)")
     p.add_argument("--kv-get-ratio", type=float, default=0.9)
@@ -156,6 +170,8 @@ def config_from(args: argparse.Namespace) -> Config:
         raise ValueError("--seconds must be > 0, --warmup >= 0, --repeat >= 1")
     if args.connections < 1 or args.processes < 1 or args.connect_processes < 1:
         raise ValueError("--connections, --processes and --connect-processes must be >= 1")
+    if args.rate < 0 or args.max_outstanding < 1:
+        raise ValueError("--rate must be >= 0 (0: closed loop), --max-outstanding >= 1")
     if not 0.0 <= args.kv_get_ratio <= 1.0 or args.kv_keys < 1 or args.kv_value < 1:
         raise ValueError("--kv-get-ratio must be 0..1, --kv-keys and --kv-value >= 1")
     server_cpu, client_cpu = PLACEMENTS[args.placement]
@@ -183,6 +199,8 @@ def config_from(args: argparse.Namespace) -> Config:
         connect_processes=args.connect_processes,
         idle_seconds=args.idle_seconds,
         idle_connections=args.idle_connections,
+        rate=args.rate,
+        max_outstanding=args.max_outstanding,
         calibrate=not args.no_calibrate,
         baseline=args.baseline,
         max_other=args.max_other,
@@ -281,8 +299,13 @@ def run_bench(args: argparse.Namespace) -> int:
         f"runs: {cfg.repeat} per case and target, targets alternating, {cfg.warmup:g} s warm-up"
         f" + {cfg.seconds:g} s timed, a fresh server each; {elapsed:.0f} s in all",
         f"load: echo-rate/kv {cfg.connections} connections over {cfg.processes} processes,"
-        f" depth {','.join(map(str, cfg.depths))}; kv {cfg.kv_keys} keys of {cfg.kv_value} B,"
-        f" {cfg.kv_get_ratio:.0%} get",
+        + (
+            f" open loop at {cfg.rate:,.0f} req/s offered (at most {cfg.max_outstanding} in"
+            " flight per connection)"
+            if cfg.rate > 0
+            else f" depth {','.join(map(str, cfg.depths))}"
+        )
+        + f"; kv {cfg.kv_keys} keys of {cfg.kv_value} B, {cfg.kv_get_ratio:.0%} get",
     ]
     print()
     report.write_report(sys.stdout, header, summaries, ceils, cfg.placement)

@@ -8,7 +8,7 @@ scenario against one server:
                in a tight loop (echo-latency)
     stream     non-blocking sockets in one epoll loop, `depth` requests
                outstanding per connection (echo-rate and kv; depth 1 is
-               "not pipelined")
+               "not pipelined"); with `rate` > 0, open loop instead (paced)
     bulk-up    blocking sendall of large chunks to a discard server
     bulk-echo  one connection to an echo server, both directions at once,
                a bounded number of bytes in flight
@@ -22,6 +22,22 @@ window; its latency (send to last byte of the reply, taken with
 time.monotonic_ns, so it includes the client's own Python and syscalls,
 the same for every target) goes into an array during the run and into a
 log-bucket Histogram afterwards, which the parent merges across workers.
+
+Paced (open-loop) load: with `rate` > 0 a stream worker sends on a fixed
+schedule, not when a reply comes back.  Slot k is due at t_timed + (k +
+phase) / rate (`Schedule`; the phase interleaves the workers of one run)
+and goes to connection k mod conns, however many requests that connection
+already has outstanding, up to `max_outstanding`: a slot due when its
+connection is at the cap is not sent and counts as dropped; a slot more
+than `max_lag_ms` behind when the worker gets to it (the worker itself fell
+behind) is not sent and counts as late.  A reply's latency runs from its
+request's scheduled time, not from when it was sent, so a stall of the
+client or of its connection is charged to the requests it delayed
+(no coordinated omission).  Between sends the worker sleeps in epoll_wait,
+woken by replies or by a periodic timerfd that expires at every slot:
+epoll's own timeout is in milliseconds, far coarser than the tens of
+microseconds between requests at the rates measured.  Latencies include
+the worker's wake-up at each slot (some tens of microseconds on a VM).
 
 The kv client speaks the memcached text protocol (`get`, `set`) from a
 request plan built before the run (90% gets by default, uniform keys, all
@@ -41,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import gc
 import json
@@ -291,6 +308,10 @@ class WorkerSpec:
     prefill: list[int] = field(default_factory=list)  # [start, stop, step] of keys to set
     window: int = 256 * 1024  # bulk-echo: bytes in flight
     seed: int = 1
+    rate: float = 0.0  # stream: requests/s this worker offers (open loop); 0: closed loop
+    phase: float = 0.0  # paced: offset of the schedule, a share (0..1) of an interval
+    max_outstanding: int = 256  # paced: requests in flight per connection at most
+    max_lag_ms: float = 100.0  # paced: a slot this far behind is given up (late)
 
 
 @dataclass
@@ -303,6 +324,12 @@ class WorkerResult:
     misses: int = 0  # kv gets of a key the server did not have
     error_kinds: dict[str, int] = field(default_factory=dict)
     hist: dict[str, Any] = field(default_factory=dict)
+    # Paced only, slots scheduled inside the window: offered = issued + dropped + late.
+    offered: int = 0
+    issued: int = 0
+    dropped: int = 0  # their connection already had max_outstanding requests in flight
+    late: int = 0  # the worker was more than max_lag_ms behind its schedule
+    rate: float = 0.0  # the schedule's exact rate (whole-ns interval)
 
 
 def _nodelay(sock: socket.socket) -> None:
@@ -406,42 +433,121 @@ class _Conn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.times: deque[int] = deque()
+        self.times: deque[int] = deque()  # per request in flight: when it was (to be) sent
         self.kinds: deque[int] = deque()
         self.acc = 0
         self.out = bytearray()
         self.buf = bytearray()
 
 
-def _stream(
-    spec: WorkerSpec, socks: list[socket.socket], t_timed: int, t_end: int, res: WorkerResult
-) -> array[int]:
-    """Many connections, `depth` requests outstanding on each, one epoll loop."""
+class _Replies:
+    """Matches the bytes a connection received to its requests in flight.
+
+    One call per recv: completes as many replies as arrived, pops their
+    send times, and counts them (and their latencies while the window is
+    open) for both stream loops.
+    """
+
+    __slots__ = ("errors", "hit_len", "kv", "lat", "misses", "nbytes", "ops", "size", "total")
+
+    def __init__(self, kv: bool, size: int, hit_len: int) -> None:
+        self.kv = kv
+        self.size = size
+        self.hit_len = hit_len
+        self.lat: array[int] = array("q")
+        self.ops = self.total = self.nbytes = self.misses = self.errors = 0
+
+    def take(self, c: _Conn, data: memoryview, t: int, inwin: bool) -> int:
+        """The replies completed by `data` (received at t); how many."""
+        times = c.times
+        append = self.lat.append
+        k = 0
+        if self.kv:
+            buf = c.buf
+            buf += data
+            kinds = c.kinds
+            hit_len = self.hit_len
+            pos = 0
+            while kinds:
+                pos2, status = kv_parse_one(buf, pos, kinds[0], hit_len)
+                if pos2 < 0:
+                    break
+                kinds.popleft()
+                t0 = times.popleft()
+                k += 1
+                if status:
+                    if status == 1:
+                        self.misses += 1
+                    else:
+                        self.errors += 1
+                if inwin:
+                    append(t - t0)
+                    self.nbytes += pos2 - pos
+                pos = pos2
+            if pos:
+                del buf[:pos]
+        else:
+            size = self.size
+            acc = c.acc + len(data)
+            k = acc // size
+            c.acc = acc - k * size
+            if inwin:
+                for _ in range(k):
+                    append(t - times.popleft())
+                self.nbytes += k * size
+            else:
+                for _ in range(k):
+                    times.popleft()
+        if k:
+            self.total += k
+            if inwin:
+                self.ops += k
+        return k
+
+    def into(self, res: WorkerResult) -> array[int]:
+        res.ops += self.ops
+        res.ops_total += self.total
+        res.bytes += self.nbytes
+        res.misses += self.misses
+        res.errors += self.errors
+        return self.lat
+
+
+def _stream_setup(
+    spec: WorkerSpec, socks: list[socket.socket]
+) -> tuple[select.epoll, dict[int, _Conn], _Replies, list[int], list[bytes]]:
+    """Non-blocking connections in an epoll set, the reply matcher, the kv plan."""
     ep = select.epoll()
-    IN, OUT = select.EPOLLIN, select.EPOLLOUT
     conns: dict[int, _Conn] = {}
     for s in socks:
         s.setblocking(False)
         c = _Conn(s)
         conns[c.fd] = c
-        ep.register(c.fd, IN)
-    depth = spec.depth
-    kv = spec.proto == "kv"
-    size = spec.size
-    echo_batch = [bytes(size) * k for k in range(depth + 1)]
+        ep.register(c.fd, select.EPOLLIN)
     kinds_plan: list[int] = []
     reqs_plan: list[bytes] = []
     hit_len = 0
+    kv = spec.proto == "kv"
     if kv:
         value = kv_value(spec.value_size)
         kinds_plan, reqs_plan = kv_plan(16384, spec.keys, spec.get_ratio, value, spec.seed)
         hit_len = kv_hit_len(spec.value_size)
+    return ep, conns, _Replies(kv, spec.size, hit_len), kinds_plan, reqs_plan
+
+
+def _stream(
+    spec: WorkerSpec, socks: list[socket.socket], t_timed: int, t_end: int, res: WorkerResult
+) -> array[int]:
+    """Many connections, `depth` requests outstanding on each, one epoll loop."""
+    ep, conns, replies, kinds_plan, reqs_plan = _stream_setup(spec, socks)
+    IN, OUT = select.EPOLLIN, select.EPOLLOUT
+    depth = spec.depth
+    kv = replies.kv
+    echo_batch = [bytes(spec.size) * k for k in range(depth + 1)]
     plan_n = len(kinds_plan)
     plan_i = 0
     now = time.monotonic_ns
-    lat: array[int] = array("q")
-    append = lat.append
-    ops = total = nbytes = misses = errors = 0
+    take = replies.take
     rbuf = bytearray(1 << 18)
     rview = memoryview(rbuf)
 
@@ -498,59 +604,244 @@ def _stream(
                 if n == 0:
                     raise ConnectionError("the server closed a connection")
                 t = now()
-                inwin = t_timed <= t < t_end
-                times = c.times
-                if kv:
-                    buf = c.buf
-                    buf += rview[:n]
-                    kinds = c.kinds
-                    pos = 0
-                    k = 0
-                    while kinds:
-                        pos2, status = kv_parse_one(buf, pos, kinds[0], hit_len)
-                        if pos2 < 0:
-                            break
-                        kinds.popleft()
-                        t0 = times.popleft()
-                        k += 1
-                        if status:
-                            if status == 1:
-                                misses += 1
-                            else:
-                                errors += 1
-                        if inwin:
-                            append(t - t0)
-                            nbytes += pos2 - pos
-                        pos = pos2
-                    if pos:
-                        del buf[:pos]
-                else:
-                    acc = c.acc + n
-                    k = acc // size
-                    c.acc = acc - k * size
-                    if inwin:
-                        for _ in range(k):
-                            append(t - times.popleft())
-                        nbytes += k * size
-                    else:
-                        for _ in range(k):
-                            times.popleft()
-                if k:
-                    total += k
-                    if inwin:
-                        ops += k
-                    if t < t_end:
-                        issue(c, k, t)
+                k = take(c, rview[:n], t, t_timed <= t < t_end)
+                if k and t < t_end:
+                    issue(c, k, t)
             if not events:
                 t = now()
     finally:
         ep.close()
-    res.ops += ops
-    res.ops_total += total
-    res.bytes += nbytes
-    res.misses += misses
-    res.errors += errors
-    return lat
+    return replies.into(res)
+
+
+# -- open loop ---------------------------------------------------------------------------
+
+
+class Schedule:
+    """When a paced worker's requests are due: slot k at base + k * interval_ns.
+
+    base = t_timed + phase * interval_ns, so slot 0 is the first of the
+    timed window and slots below 0 are warm-up; the window holds slots
+    0 .. n_window - 1.  The interval is a whole number of nanoseconds, so
+    slot times are exact integers (`rate` is the rate that gives).  `take`
+    hands out the slots due at a time t as a range of slot numbers, first
+    giving up those more than max_lag_ns old; `finish` gives up what the
+    window still had.  Late slots are counted only inside the window.
+    """
+
+    __slots__ = ("base", "interval_ns", "k", "late", "max_lag_ns", "n_window", "rate")
+
+    def __init__(
+        self,
+        rate: float,
+        t_start: int,
+        t_timed: int,
+        t_end: int,
+        phase: float = 0.0,
+        max_lag_ns: int = 100_000_000,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError(f"a paced schedule needs a rate above 0, not {rate}")
+        iv = max(1, round(1e9 / rate))
+        self.interval_ns = iv
+        self.rate = 1e9 / iv
+        self.base = t_timed + int((phase % 1.0) * iv)
+        self.max_lag_ns = max_lag_ns
+        # Slots due before the worker started: warm-up ones are skipped
+        # quietly, window ones by take() as late.
+        self.k = min(0, -((self.base - t_start) // iv))
+        self.n_window = max(0, -((self.base - t_end) // iv))
+        self.late = 0
+
+    def at(self, k: int) -> int:
+        return self.base + k * self.interval_ns
+
+    def _give_up(self, k0: int, k1: int) -> None:
+        lo, hi = max(k0, 0), min(k1, self.n_window)
+        if hi > lo:
+            self.late += hi - lo
+
+    def take(self, t: int) -> range:
+        """Slots due at t (scheduled at or before it), after dropping late ones."""
+        k0 = self.k
+        iv = self.interval_ns
+        k1 = (t - self.base) // iv + 1
+        if k1 <= k0:
+            return range(k0, k0)
+        oldest = -((self.base + self.max_lag_ns - t) // iv)  # first slot at >= t - max_lag
+        if oldest > k0:
+            self._give_up(k0, oldest)
+            k0 = oldest
+        self.k = k1
+        return range(k0, k1)
+
+    def finish(self) -> None:
+        """The window is over: slots of it not taken were never sent in time."""
+        self._give_up(self.k, self.n_window)
+        self.k = max(self.k, self.n_window)
+
+
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = [
+        ("interval_sec", ctypes.c_long),
+        ("interval_nsec", ctypes.c_long),
+        ("value_sec", ctypes.c_long),
+        ("value_nsec", ctypes.c_long),
+    ]
+
+
+class Timer:
+    """A periodic CLOCK_MONOTONIC timerfd, to wake an epoll at each slot of a Schedule.
+
+    Python 3.11 has no os.timerfd_*, so this goes through libc with ctypes.
+    Periodic, so it is set once per run; each expiry leaves the fd readable
+    until `clear` reads the count.  It fires at whole nanoseconds (no timer
+    slack), where epoll's own timeout has whole milliseconds.
+    """
+
+    _CLOCK_MONOTONIC = 1
+    _TFD_TIMER_ABSTIME = 1
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        create = libc.timerfd_create
+        create.argtypes = [ctypes.c_int, ctypes.c_int]
+        self._settime = libc.timerfd_settime
+        self._settime.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.POINTER(_ITimerSpec),
+            ctypes.c_void_p,
+        ]
+        fd = create(self._CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"timerfd_create: {os.strerror(err)}")
+        self.fd: int = fd
+        self._count = [bytearray(8)]  # where clear() reads the expiry count
+
+    def start(self, first_ns: int, interval_ns: int) -> None:
+        """Expire at monotonic time first_ns (at once if past), then every interval_ns."""
+        spec = _ITimerSpec(
+            interval_ns // 1_000_000_000,
+            interval_ns % 1_000_000_000,
+            first_ns // 1_000_000_000,
+            first_ns % 1_000_000_000,
+        )
+        if self._settime(self.fd, self._TFD_TIMER_ABSTIME, ctypes.pointer(spec), None) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
+
+    def clear(self) -> None:
+        """Read (and forget) the expiries so far, so the fd stops being readable."""
+        with contextlib.suppress(BlockingIOError):
+            os.readv(self.fd, self._count)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _paced(
+    spec: WorkerSpec, socks: list[socket.socket], t_timed: int, t_end: int, res: WorkerResult
+) -> array[int]:
+    """Open loop: requests on the Schedule, round robin over the connections."""
+    ep, conns, replies, kinds_plan, reqs_plan = _stream_setup(spec, socks)
+    IN, OUT = select.EPOLLIN, select.EPOLLOUT
+    kv = replies.kv
+    order = list(conns.values())
+    nconn = len(order)
+    cap = max(1, spec.max_outstanding)
+    echo_req = bytes(spec.size)
+    plan_n = len(kinds_plan)
+    plan_i = 0
+    now = time.monotonic_ns
+    take = replies.take
+    rbuf = bytearray(1 << 18)
+    rview = memoryview(rbuf)
+    sched = Schedule(spec.rate, now(), t_timed, t_end, spec.phase, int(spec.max_lag_ms * 1e6))
+    base, iv = sched.base, sched.interval_ns
+    timer = Timer()
+    tfd = timer.fd
+    ep.register(tfd, IN)
+    timer.start(sched.at(sched.k), iv)
+    dirty: list[_Conn] = []  # connections given requests this round, to send once each
+    issued = dropped = 0
+    try:
+        t = now()
+        while True:
+            # Last round (t >= t_end): the window's slots that came due while
+            # we were away are still sent, late, rather than never.
+            for k in sched.take(t if t < t_end else t_end - 1):
+                c = order[k % nconn]
+                times = c.times
+                if len(times) >= cap:
+                    if k >= 0:
+                        dropped += 1
+                    continue
+                if k >= 0:
+                    issued += 1
+                times.append(base + k * iv)  # latency counts from here, not from the send
+                out = c.out
+                if not out:
+                    dirty.append(c)
+                if kv:
+                    c.kinds.append(kinds_plan[plan_i])
+                    out += reqs_plan[plan_i]
+                    plan_i += 1
+                    if plan_i == plan_n:
+                        plan_i = 0
+                else:
+                    out += echo_req
+            if dirty:
+                for c in dirty:
+                    try:
+                        n = c.sock.send(c.out)
+                    except BlockingIOError:
+                        n = 0
+                    if n:
+                        del c.out[:n]
+                    if c.out:
+                        ep.modify(c.fd, IN | OUT)
+                dirty.clear()
+            if t >= t_end:
+                break
+            wake = sched.at(sched.k)
+            if wake > t_end:
+                wake = t_end
+            # The timer wakes us at the next slot; epoll's own timeout, rounded
+            # up to whole ms, only ends the run.
+            t = now()
+            for fd, ev in ep.poll(max(0.0, (wake - t) / 1e9)):
+                if fd == tfd:
+                    timer.clear()
+                    continue
+                c = conns[fd]
+                if ev & OUT:
+                    try:
+                        n = c.sock.send(c.out)
+                    except BlockingIOError:
+                        n = 0
+                    del c.out[:n]
+                    if not c.out:
+                        ep.modify(fd, IN)
+                if not ev & (IN | select.EPOLLERR | select.EPOLLHUP):
+                    continue
+                n = c.sock.recv_into(rbuf)
+                if n == 0:
+                    raise ConnectionError("the server closed a connection")
+                t = now()
+                take(c, rview[:n], t, t_timed <= t < t_end)
+            t = now()
+        sched.finish()
+    finally:
+        ep.close()
+        timer.close()
+    res.offered += sched.n_window
+    res.issued += issued
+    res.dropped += dropped
+    res.late += sched.late
+    res.rate = sched.rate
+    return replies.into(res)
 
 
 def _outq(sock: socket.socket) -> int:
@@ -726,6 +1017,8 @@ def run_worker(spec: WorkerSpec) -> WorkerResult:
     try:
         if spec.mode == "pingpong":
             lat = _pingpong_echo(spec, socks[0], t_timed, t_end, res)
+        elif spec.mode == "stream" and spec.rate > 0:
+            lat = _paced(spec, socks, t_timed, t_end, res)
         elif spec.mode == "stream":
             lat = _stream(spec, socks, t_timed, t_end, res)
         elif spec.mode == "bulk-up":

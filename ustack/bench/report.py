@@ -202,6 +202,35 @@ def performance_table(summaries: Sequence[Summary]) -> str:
     return _table(header, rows)
 
 
+def open_loop_table(summaries: Sequence[Summary]) -> str:
+    """Offered against achieved for the open-loop (--rate) cases."""
+    header = [
+        "case", "target", "offered/s", "achieved/s", "achieved", "dropped", "late",
+        "p50 us", "p99 us", "server CPU", "CPU us/req",
+    ]  # fmt: skip
+    rows = []
+    for s in summaries:
+        m = s.m
+        if not s.runs or not m.get("offered_per_s"):
+            continue
+        rows.append(
+            [
+                s.case,
+                s.target,
+                _f(m.get("offered_per_s"), ",.0f"),
+                _f(m.get("ops_per_s"), ",.0f"),
+                _f(m.get("achieved_share"), ".0%"),
+                _f(m.get("dropped_share"), ".1%"),
+                _f(m.get("late_share"), ".1%"),
+                _f(m.get("p50_us"), ".1f"),
+                _f(m.get("p99_us"), ".1f"),
+                _f(m.get("server_cpu_share"), ".0%"),
+                _f(_cpu_per_op(m), ".1f"),
+            ]
+        )
+    return _table(header, rows)
+
+
 def _of_ceiling(rate: float | None, ceiling: tuple[float, bool] | None) -> str:
     """rate / the load generator's ops/s per CPU; '~' when that was extrapolated
     from a ceiling run the load generator did not saturate."""
@@ -414,6 +443,11 @@ ops/s: replies completed in the timed window (bulk: MB/s of payload the server
   acknowledged, bulk-up, or echoed back, bulk-echo; connect-rate: connections).
 p50..p99.9: request to last byte of the reply, taken by the client
   (time.monotonic_ns around its send and receive), log-bucket histogram (<1%).
+open loop (--rate): requests sent on a fixed schedule whatever the replies do;
+  latency from each request's scheduled send time (so it includes any wait of
+  the load generator, its timer wake-up too); dropped: not sent, their
+  connection had --max-outstanding in flight; late: not sent, the load
+  generator was over 100 ms behind its schedule.  CPU us/req: usr + sys.
 usr/sys ms/1k: server CPU (user, system) per 1,000 ops from /proc/PID/stat over the
   window, server process and its children.  System time includes kernel network
   work done in the server's syscalls, such as delivering its writes to the peer.
@@ -459,6 +493,9 @@ def write_report(
     if any(s.scenario != "idle" for s in summaries):
         w("Throughput and latency (medians over the runs)\n\n")
         w(performance_table(summaries) + "\n\n")
+        if any(s.runs and s.m.get("offered_per_s") for s in summaries):
+            w("Open loop (--rate): offered against achieved\n\n")
+            w(open_loop_table(summaries) + "\n\n")
         w("CPU: the server's per 1,000 ops, and the load generator's\n\n")
         w(cpu_table(summaries, ceil_map) + "\n\n")
         w("Per op: server syscalls, context switches, ustack's ring and polling loop\n\n")

@@ -14,6 +14,14 @@
     idle          --idle-connections open connections, no traffic, for
                   --idle-seconds: what the server costs doing nothing
 
+With --rate R, echo-rate and kv are open loop instead: R requests/s in
+all, on a fixed schedule (loadgen's paced mode), split over the processes
+in proportion to their connections and interleaved, whatever the replies
+do; one case each (echo-rate-c16-r20000), --depth unused.  A run records
+the offered rate next to the achieved one, and the requests not sent
+(dropped: their connection already had --max-outstanding in flight; late:
+the load generator fell behind its own schedule).
+
 A run is one case against one target with a fresh server on a fresh port:
 start and pin the server, start the load generator processes (they connect
 and, for kv, set every key), send them the window, read /proc of the
@@ -86,6 +94,8 @@ class Config:
     connect_processes: int = 2
     idle_seconds: float = 5.0
     idle_connections: int = 1
+    rate: float = 0.0  # echo-rate and kv: offered requests/s in all (open loop); 0: closed loop
+    max_outstanding: int = 256  # open loop: requests in flight per connection at most
     calibrate: bool = True
     baseline: str | None = None
     max_other: float = 0.25
@@ -107,12 +117,34 @@ class Case:
     processes: int = 1
     latency: bool = True  # latency percentiles mean something
     cdf: bool = False  # plot its latency CDF
+    rate: float = 0.0  # offered requests/s in all (open loop); 0: closed loop
+
+
+def paced_case(scenario: str, cfg: Config, rate: float) -> Case:
+    """echo-rate or kv, open loop at `rate` requests/s in all."""
+    if rate <= 0:
+        raise ValueError(f"an open-loop case needs a rate above 0, not {rate}")
+    kv = scenario == "kv"
+    return Case(
+        scenario,
+        f"{'kv' if kv else 'echo-rate'}-c{cfg.connections}-r{rate:.0f}",
+        "kv" if kv else "echo",
+        "stream",
+        "req",
+        conns=cfg.connections,
+        size=cfg.kv_value if kv else 64,
+        processes=min(cfg.processes, cfg.connections),
+        cdf=True,
+        rate=rate,
+    )
 
 
 def build_cases(cfg: Config) -> list[Case]:
     cases: list[Case] = []
     for sc in cfg.scenarios:
-        if sc == "echo-latency":
+        if sc in ("echo-rate", "kv") and cfg.rate > 0:
+            cases.append(paced_case(sc, cfg, cfg.rate))
+        elif sc == "echo-latency":
             cases += [
                 Case(sc, f"echo-latency-{s}", "echo", "pingpong", "req", size=s, cdf=True)
                 for s in cfg.sizes
@@ -208,6 +240,13 @@ class RunResult:
     server_output: str = ""  # what a failed server said
     attempts: int = 1  # more than 1: other work took more than --max-other of our CPUs
     hist: dict[str, Any] = field(default_factory=dict)
+    # Open loop only: the schedule's rate, and its slots in the window
+    # (offered = issued + dropped + late; ops counts the replies).
+    offered_per_s: float = 0.0
+    offered: int = 0
+    issued: int = 0
+    dropped: int = 0
+    late: int = 0
 
     @property
     def ok(self) -> bool:
@@ -266,6 +305,11 @@ def derived(r: RunResult) -> dict[str, float | None]:
         wakeups = c.get("loop_wakeups", 0) + c.get("aio_tap_wakeups", 0)
         out["loop_sleeps_per_op"] = _per(sleeps, cn)
         out["loop_wakeups_per_op"] = _per(wakeups, cn)
+    if r.offered_per_s:
+        out["offered_per_s"] = r.offered_per_s
+        out["achieved_share"] = r.ops_per_s / r.offered_per_s
+        out["dropped_share"] = _per(r.dropped, r.offered)
+        out["late_share"] = _per(r.late, r.offered)
     if "aio_selects" in c:
         # Calls of the asyncio loop into its selector, and the non-blocking
         # kernel-selector polls made while spinning (busy, hybrid).
@@ -342,6 +386,11 @@ def worker_specs(b: Bench, case: Case, target: Target, port: int, cpu: int) -> l
             "seed": i + 1,
             "prefill": [i, cfg.kv_keys, n] if case.app == "kv" else [],
         }
+        if case.rate > 0:
+            # Every connection offers the same rate; the processes' schedules interleave.
+            spec["rate"] = case.rate * max(1, conns) / max(case.conns, n)
+            spec["phase"] = i / n
+            spec["max_outstanding"] = cfg.max_outstanding
         specs.append(spec)
     return specs
 
@@ -444,6 +493,9 @@ def fill(
         res.ops += int(d["ops"])
         res.errors += int(d["errors"])
         res.misses += int(d["misses"])
+        res.offered_per_s += float(d.get("rate", 0.0))
+        for k in ("offered", "issued", "dropped", "late"):
+            setattr(res, k, getattr(res, k) + int(d.get(k, 0)))
         for k, v in d.get("error_kinds", {}).items():
             res.error_kinds[k] = res.error_kinds.get(k, 0) + int(v)
     res.seconds = length
@@ -476,6 +528,10 @@ def _headline(r: RunResult) -> str:
     rate = f"{r.ops_per_s:>11,.0f}/s"
     if r.scenario == "bulk":
         rate += f" {r.bytes_per_s / 1e6:8.1f} MB/s"
+    if r.offered_per_s:
+        rate += f" of {r.offered_per_s:,.0f}/s offered"
+        if r.dropped or r.late:
+            rate += f" ({r.dropped} dropped, {r.late} late)"
     return (
         f"{rate}{lat}  server CPU {d['server_cpu_share'] or 0:.0%}"
         f"  loadgen CPU {d['loadgen_cpu_share'] or 0:.0%}"
@@ -510,11 +566,11 @@ def run_all(b: Bench, cases: Sequence[Case]) -> tuple[list[RunResult], list[RunR
         if calibrate and case.mode not in ("pingpong", "idle"):
             sink = sink_for(case, list(BY_NAME))
             if sink is not None:
-                r = _run_logged(b, case, BY_NAME[sink], -1, 0, 1, "cross-cpu", t_start)
+                r = run_logged(b, case, BY_NAME[sink], -1, 0, 1, "cross-cpu", t_start)
                 ceilings.append(r)
         for rep in range(cfg.repeat):
             for t in ts:
-                r = _run_logged(
+                r = run_logged(
                     b, case, t, rep, cfg.server_cpu, cfg.client_cpu, cfg.placement, t_start
                 )
                 results.append(r)
@@ -533,7 +589,7 @@ def quiet_wait(cpus: Sequence[int], limit: float) -> float:
             return worst
 
 
-def _run_logged(
+def run_logged(
     b: Bench,
     case: Case,
     target: Target,
@@ -543,6 +599,7 @@ def _run_logged(
     placement: str,
     t_start: float,
 ) -> RunResult:
+    """run_one with a progress line, again (up to cfg.retries) when other work took our CPUs."""
     cfg = b.cfg
     b.done += 1
     what = "loadgen ceiling vs" if rep < 0 else f"run {rep + 1}/{cfg.repeat}"
