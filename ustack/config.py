@@ -10,6 +10,9 @@ name       USTACK_NAME         topology whose TAP to attach to (default ``ustack
 addr       USTACK_ADDR         our address with prefix (default ``198.18.0.2/24``)
 gateway    USTACK_GATEWAY      default gateway, on the addr's subnet (default none)
 poll       USTACK_POLL         ``busy``, ``interrupt`` or ``hybrid`` (default)
+budget     USTACK_BUDGET       most frames per receive burst, 1..4096 (default 64)
+idle_us    USTACK_IDLE_US      hybrid: microseconds without a frame before it
+                               sleeps, 0..1000000 (default 100)
 offload    USTACK_OFFLOAD      checksum offload and TSO on the TAP (default off)
 pcap       USTACK_PCAP         file recording every frame in and out (default none)
 =========  ==================  ===================================================
@@ -19,6 +22,13 @@ default; an empty environment variable counts as unset.  Every value is
 checked when the Config is made, so a bad one fails with a ValueError that
 names the keyword (or the variable) and says what is expected, before any
 device is opened.
+
+``budget`` is NAPI's budget: a burst never takes more frames than this, so
+the application runs between bursts even under a flood (the device also
+caps a burst at its receive slots, 256 on the TAP ring).  ``idle_us`` is
+hybrid mode's idle threshold, counted from the first empty poll; 0 sleeps
+at the first empty poll like ``interrupt``.  Both apply to the native
+waits (`ustack.loop.Context`) and to the asyncio selector alike.
 
 This module imports nothing heavy: `ustack.configure()` may be called at
 program start without pulling in the device layer.
@@ -33,7 +43,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Final
 
-__all__ = ["DEFAULT_ADDR", "DEFAULT_NAME", "ENV", "POLL_MODES", "Config"]
+__all__ = [
+    "DEFAULT_ADDR",
+    "DEFAULT_BUDGET",
+    "DEFAULT_IDLE_US",
+    "DEFAULT_NAME",
+    "ENV",
+    "MAX_BUDGET",
+    "MAX_IDLE_US",
+    "POLL_MODES",
+    "Config",
+]
 
 DEFAULT_NAME: Final = "ustack"
 """Same as ustack.topology.DEFAULT_NAME (a unit test keeps them equal)."""
@@ -41,12 +61,22 @@ DEFAULT_ADDR: Final = "198.18.0.2/24"
 """Same as ustack.runtime.DEFAULT_ADDR."""
 POLL_MODES: Final = ("busy", "interrupt", "hybrid")
 """Same as ustack.loop.POLL_MODES."""
+DEFAULT_BUDGET: Final = 64
+"""Same as ustack.loop.DEFAULT_BUDGET (a unit test keeps them equal)."""
+DEFAULT_IDLE_US: Final = 100
+"""Same as ustack.loop.DEFAULT_IDLE_US (a unit test keeps them equal)."""
+MAX_BUDGET: Final = 4096
+"""No device has more receive slots than this; a larger budget means nothing."""
+MAX_IDLE_US: Final = 1_000_000
+"""A hybrid loop that spins for more than a second is busy mode: ask for that."""
 
 ENV: Final = {
     "name": "USTACK_NAME",
     "addr": "USTACK_ADDR",
     "gateway": "USTACK_GATEWAY",
     "poll": "USTACK_POLL",
+    "budget": "USTACK_BUDGET",
+    "idle_us": "USTACK_IDLE_US",
     "offload": "USTACK_OFFLOAD",
     "pcap": "USTACK_PCAP",
 }
@@ -57,6 +87,7 @@ ENV: Final = {
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
+_INTS: Final = frozenset({"budget", "idle_us"})
 
 
 @dataclass(frozen=True)
@@ -67,6 +98,8 @@ class Config:
     addr: str = DEFAULT_ADDR
     gateway: str | None = None
     poll: str = "hybrid"
+    budget: int = DEFAULT_BUDGET
+    idle_us: int = DEFAULT_IDLE_US
     offload: bool = False
     pcap: str | None = None
 
@@ -100,7 +133,12 @@ class Config:
             var = ENV[key]
             text = source.get(var, "")
             if text:
-                values[key] = _offload_from_env(var, text) if key == "offload" else text
+                if key == "offload":
+                    values[key] = _offload_from_env(var, text)
+                elif key in _INTS:
+                    values[key] = _int_from_env(var, text)
+                else:
+                    values[key] = text
                 labels[key] = var
         full = {**{f.name: f.default for f in fields(cls)}, **values}
         _validate(full, labels)
@@ -120,6 +158,8 @@ class Config:
             "addr": self.addr,
             "gateway": self.gateway,
             "poll": self.poll,
+            "budget": self.budget,
+            "idle_us": self.idle_us,
             "pcap": self.pcap,
         }
         if self.offload:
@@ -141,11 +181,27 @@ def _validate(v: Mapping[str, object], labels: Mapping[str, str]) -> None:
         raise ValueError(
             f"{label('poll')} must be one of {', '.join(POLL_MODES)}, got {v['poll']!r}"
         )
+    _check_int(v["budget"], 1, MAX_BUDGET, "frames", label("budget"))
+    _check_int(v["idle_us"], 0, MAX_IDLE_US, "microseconds", label("idle_us"))
     if not isinstance(v["offload"], bool):
         raise ValueError(f"{label('offload')} must be True or False, got {v['offload']!r}")
     pcap = v["pcap"]
     if pcap is not None and (not isinstance(pcap, str) or not pcap):
         raise ValueError(f"{label('pcap')} must be a file path or None, got {pcap!r}")
+
+
+def _int_from_env(var: str, text: str) -> int | str:
+    """The integer in `text`; the text itself if it is none (then _validate names `var`)."""
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        return text
+
+
+def _check_int(value: object, low: int, high: int, unit: str, what: str) -> None:
+    # bool is an int in Python, but budget=True is a mistake, not 1 frame.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{what} must be a whole number of {unit}, {low}..{high}, got {value!r}")
 
 
 def _offload_from_env(var: str, text: str) -> bool:

@@ -9,11 +9,24 @@ work is the polling mode:
   at 100%.
 - ``interrupt``: block in epoll on the TAP fd as soon as a burst comes
   back empty (the classic kernel model).
-- ``hybrid`` (default): keep polling while frames keep arriving; after
-  `idle_polls` empty polls in a row, arm the fd and block.
+- ``hybrid`` (default): keep polling while frames keep arriving; once no
+  frame has come for `idle_us` microseconds (counted from the first empty
+  poll of the streak), arm the fd and block.
 
 Each burst is limited to `budget` frames (NAPI's budget) so that a flood
 cannot starve the application of the frames already delivered.
+
+The idle threshold is a time, not a number of polls: an empty poll costs
+about 1-2 us natively but more in the asyncio selector (which also asks
+the kernel selector), so a count would mean a different wait on each
+path.  It costs no extra clock read: `poll_once` reads the clock anyway
+and decides there whether the streak is long enough (`idle`).  Both are
+settings (`ustack.config`: ``budget``/``USTACK_BUDGET``,
+``idle_us``/``USTACK_IDLE_US``).
+
+Counters (`stats()`): polls, empty polls, sleeps (blocking waits on the
+device), wake-ups (waits ended by a frame), frames, timer runs and frames
+per non-empty burst.
 """
 
 from __future__ import annotations
@@ -29,6 +42,10 @@ from ustack.stack.stack import Stack
 from ustack.stack.udp import UdpSocket
 
 POLL_MODES = ("busy", "interrupt", "hybrid")
+DEFAULT_BUDGET = 64
+"""Frames per receive burst (NAPI's default weight is 64 too)."""
+DEFAULT_IDLE_US = 100
+"""Hybrid's idle threshold: about 64 empty polls on the TAP ring."""
 
 
 class WrongThreadError(UstackError, RuntimeError):
@@ -63,23 +80,28 @@ class Context:
         stack: Stack,
         *,
         poll: str = "hybrid",
-        budget: int = 64,
-        idle_polls: int = 64,
+        budget: int = DEFAULT_BUDGET,
+        idle_us: int = DEFAULT_IDLE_US,
         clock: Callable[[], int] = monotonic_us,
     ) -> None:
         if poll not in POLL_MODES:
             raise ValueError(f"poll mode must be one of {', '.join(POLL_MODES)}, got {poll!r}")
         if budget < 1:
             raise ValueError(f"budget must be at least 1 frame, got {budget}")
+        if idle_us < 0:
+            raise ValueError(f"idle_us must be 0 or more microseconds, got {idle_us}")
         self.device = device
         self.stack = stack
         self.mode = poll
         self.budget = budget
-        self.idle_polls = idle_polls
+        self.idle_us = idle_us
         self.clock = clock
         self.counters = LoopCounters()
         self._thread = threading.get_ident()
-        self._idle = 0
+        self._idle_since: int | None = None
+        """Clock reading at the first empty poll of the current streak (None: no streak)."""
+        self.idle = False
+        """The last poll was empty and the streak has lasted `idle_us` or more."""
         self._started = False
 
     def _check_thread(self) -> None:
@@ -88,6 +110,15 @@ class Context:
                 "a ustack Context belongs to the thread that created it; "
                 "create one Context per thread"
             )
+
+    @property
+    def thread_ident(self) -> int:
+        """`threading.get_ident()` of the thread this Context belongs to.
+
+        API objects keep it and compare it with the caller's before they
+        change anything (one compare per call), raising WrongThreadError.
+        """
+        return self._thread
 
     def start(self) -> None:
         self._check_thread()
@@ -107,10 +138,14 @@ class Context:
         if n:
             c.frames += n
             stack.process(n, now)
-            self._idle = 0
+            self._idle_since = None
+            self.idle = False
         else:
             c.empty_polls += 1
-            self._idle += 1
+            since = self._idle_since
+            if since is None:
+                self._idle_since = since = now
+            self.idle = now - since >= self.idle_us
         deadline = stack.next_deadline_us()
         if deadline is not None and now >= deadline:
             c.timer_runs += 1
@@ -150,13 +185,15 @@ class Context:
             return True
         end = None if timeout is None else self.clock() + int(timeout * 1_000_000)
         while True:
-            self.poll_once()
+            got = self.poll_once()
             if done():
                 return True
             now = self.clock()
             if end is not None and now >= end:
                 return False
-            if self.mode == "busy" or (self.mode == "hybrid" and self._idle < self.idle_polls):
+            # A burst that brought frames may have left more behind (budget):
+            # poll again in every mode.  Only an empty one may lead to sleep.
+            if got or self.mode == "busy" or (self.mode == "hybrid" and not self.idle):
                 continue
             self._sleep(now, end)
 
@@ -172,7 +209,12 @@ class Context:
         self.counters.sleeps += 1
         if self.device.wait(timeout_ms):
             self.counters.wakeups += 1
-        self._idle = 0
+        self.reset_idle()
+
+    def reset_idle(self) -> None:
+        """Start a new idle streak: called after each sleep, so hybrid polls again first."""
+        self._idle_since = None
+        self.idle = False
 
     def stats(self) -> dict[str, int | float]:
         c = self.counters

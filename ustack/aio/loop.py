@@ -556,6 +556,8 @@ def _resolve_config(
     addr: str | None = None,
     gateway: str | None = None,
     poll: str | None = None,
+    budget: int | None = None,
+    idle_us: int | None = None,
     offload: bool | None = None,
     pcap: str | None = None,
     fault: str | None = None,
@@ -574,6 +576,8 @@ def _resolve_config(
             ("addr", addr),
             ("gateway", gateway),
             ("poll", poll),
+            ("budget", budget),
+            ("idle_us", idle_us),
             ("offload", offload),
             ("pcap", pcap),
         )
@@ -598,6 +602,8 @@ def new_event_loop(
     addr: str | None = None,
     gateway: str | None = None,
     poll: str | None = None,
+    budget: int | None = None,
+    idle_us: int | None = None,
     offload: bool | None = None,
     pcap: str | None = None,
     fault: str | None = None,
@@ -608,7 +614,9 @@ def new_event_loop(
     Without `context`, opens a Context on the TAP of topology `name` (see
     `_resolve_config` for the keywords and their USTACK_* fallbacks); the
     loop closes it when it closes.  With `context` (any Context, e.g. over
-    an in-memory device), the loop uses it and leaves it open.
+    an in-memory device), the loop uses it and leaves it open.  `budget`
+    (frames per receive burst) and `idle_us` (hybrid's idle threshold) are
+    the Context's polling settings, which the selector follows too.
     """
     if context is not None:
         given = {k: v for k, v in locals().items() if k != "context" and v is not None}
@@ -618,7 +626,15 @@ def new_event_loop(
     from ustack.runtime import open_context
 
     kw = _resolve_config(
-        name=name, addr=addr, gateway=gateway, poll=poll, offload=offload, pcap=pcap, fault=fault
+        name=name,
+        addr=addr,
+        gateway=gateway,
+        poll=poll,
+        budget=budget,
+        idle_us=idle_us,
+        offload=offload,
+        pcap=pcap,
+        fault=fault,
     )
     _opening.depth = getattr(_opening, "depth", 0) + 1
     try:

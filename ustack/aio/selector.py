@@ -18,12 +18,17 @@ the kernel's default selector and does, in that call:
 
    - ``busy``: never block; spin on bursts and zero-timeout kernel polls
      until work shows up or the loop's timeout passes;
-   - ``hybrid``: spin like ``busy`` for `idle_polls` empty bursts in a
-     row, then block like ``interrupt``;
+   - ``hybrid``: spin like ``busy`` until no frame has come for the
+     Context's `idle_us` (the same setting and the same streak as the
+     native waits: `Context.idle`, decided in `poll_once`), then block
+     like ``interrupt``;
    - ``interrupt``: block in the kernel selector with the TAP fd
      registered, until a frame arrives, a kernel fd is ready, the loop's
      own timeout (its `call_later` timers) or the stack's next timer
      deadline (`Stack.next_deadline_us`) passes.
+
+   In every mode a burst that brought frames is followed by another burst
+   before any blocking: the budget may have left frames behind.
 
 The TAP fd is in the kernel selector only while blocking: a registered fd
 costs the kernel a callback per frame it queues (see ext/ring.c us_wait).
@@ -55,9 +60,9 @@ class UstackSelector(selectors.BaseSelector):
         self.ctx = ctx
         self.inner = inner if inner is not None else selectors.DefaultSelector()
         self.mode = ctx.mode
-        self.idle_polls = ctx.idle_polls
         self._work = False
-        self._idle = 0
+        self._got = 0
+        """Frames the last burst brought."""
         self._closed = False
         # Counters (exposed through the loop's stats()).
         self.selects = 0
@@ -94,11 +99,7 @@ class UstackSelector(selectors.BaseSelector):
         self._work = True
 
     def _burst(self) -> None:
-        ctx = self.ctx
-        if ctx.poll_once():
-            self._idle = 0
-        else:
-            self._idle += 1
+        self._got = self.ctx.poll_once()
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         ctx = self.ctx
@@ -113,7 +114,7 @@ class UstackSelector(selectors.BaseSelector):
         end = None if timeout is None else clock() + int(timeout * 1_000_000)
         mode = self.mode
         while True:
-            if mode == "busy" or (mode == "hybrid" and self._idle < self.idle_polls):
+            if self._got or mode == "busy" or (mode == "hybrid" and not ctx.idle):
                 self.spins += 1
                 events = inner.select(0)
                 if events:
@@ -125,7 +126,7 @@ class UstackSelector(selectors.BaseSelector):
                     return events  # empty; the kernel selector was asked a burst ago
                 continue
             events = self._block(end)
-            self._idle = 0
+            ctx.reset_idle()
             self._burst()
             # The kernel selector was just asked: its answer is current.
             if events or self._work or (end is not None and clock() >= end):
