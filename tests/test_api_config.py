@@ -184,7 +184,9 @@ def test_close_current_without_a_context_does_nothing():
     api_context.close_current()
 
 
-def test_current_opens_one_context_per_thread_from_the_configuration(topology: Topology):
+def test_current_opens_one_context_per_thread_as_one_host_from_the_configuration(
+    topology: Topology,
+):
     ustack.configure(name=topology.name, poll="interrupt")
     seen: dict[str, object] = {}
 
@@ -193,6 +195,8 @@ def test_current_opens_one_context_per_thread_from_the_configuration(topology: T
         seen["ctx"] = ctx
         seen["again"] = api_context.current() is ctx
         seen["mode"] = ctx.mode
+        seen["mac"] = ctx.stack.iface.mac
+        seen["ports"] = ctx.stack.tcp.ports
         api_context.close_current()
 
     try:
@@ -205,6 +209,11 @@ def test_current_opens_one_context_per_thread_from_the_configuration(topology: T
         assert seen["again"] is True
         assert seen["mode"] == "interrupt"
         assert seen["ctx"] is not ctx
+        # One host on several queues (as workers): one MAC, neighbours learnt
+        # from IPv4 too, one ephemeral port table.
+        assert seen["mac"] == ctx.stack.iface.mac
+        assert seen["ports"] is ctx.stack.tcp.ports
+        assert ctx.stack.learn_from_ip
     finally:
         api_context.close_current()
 
@@ -234,3 +243,111 @@ def test_pcap_keyword_records_the_contexts_frames(topology: Topology, tmp_path: 
         data = f.read()
     assert data[:4] == bytes.fromhex("d4c3b2a1")  # pcap magic, little-endian
     assert len(data) > 24  # at least the gratuitous ARP was recorded
+
+
+# ---- polling settings: budget and idle_us ------------------------------------------------
+
+
+def test_polling_setting_defaults_match_the_context_and_open_context():
+    import inspect
+
+    from ustack import loop, runtime
+
+    cfg = Config.resolve()
+    assert (cfg.budget, cfg.idle_us) == (64, 100)
+    assert config_mod.DEFAULT_BUDGET == loop.DEFAULT_BUDGET
+    assert config_mod.DEFAULT_IDLE_US == loop.DEFAULT_IDLE_US
+    params = inspect.signature(runtime.open_context).parameters
+    assert params["budget"].default == cfg.budget
+    assert params["idle_us"].default == cfg.idle_us
+
+
+def test_polling_settings_from_environment_and_keywords_win():
+    env = {"USTACK_BUDGET": "16", "USTACK_IDLE_US": " 250 "}
+    cfg = Config.resolve(env=env)
+    assert (cfg.budget, cfg.idle_us) == (16, 250)
+    cfg = Config.resolve({"budget": 1, "idle_us": 0}, env=env)
+    assert (cfg.budget, cfg.idle_us) == (1, 0)
+    assert Config.resolve(env={"USTACK_BUDGET": "4096", "USTACK_IDLE_US": "1000000"}) == Config(
+        budget=4096, idle_us=1_000_000
+    )
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"budget": 0}, "budget must be a whole number of frames, 1..4096, got 0"),
+        ({"budget": 4097}, "budget must be a whole number of frames, 1..4096, got 4097"),
+        ({"budget": True}, "budget must be a whole number of frames, 1..4096, got True"),
+        ({"budget": "8"}, "budget must be a whole number of frames, 1..4096, got '8'"),
+        ({"budget": 8.0}, "budget must be a whole number of frames, 1..4096, got 8.0"),
+        ({"idle_us": -1}, "idle_us must be a whole number of microseconds, 0..1000000, got -1"),
+        ({"idle_us": 1_000_001}, "idle_us must be a whole number of microseconds, 0..1000000"),
+        ({"idle_us": "100"}, "idle_us must be a whole number of microseconds, 0..1000000"),
+    ],
+)
+def test_bad_polling_settings_raise_valueerror_naming_the_keyword(
+    keywords: dict[str, object], message: str
+):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        Config.resolve(keywords)
+    with pytest.raises(ValueError, match=message.split()[0]):
+        ustack.configure(**keywords)
+
+
+@pytest.mark.parametrize(
+    ("var", "text", "message"),
+    [
+        ("USTACK_BUDGET", "lots", "USTACK_BUDGET must be a whole number of frames, 1..4096"),
+        ("USTACK_BUDGET", "0", "USTACK_BUDGET must be a whole number of frames, 1..4096, got 0"),
+        ("USTACK_BUDGET", "64.0", "USTACK_BUDGET must be a whole number of frames"),
+        ("USTACK_IDLE_US", "-5", "USTACK_IDLE_US must be a whole number of microseconds"),
+        ("USTACK_IDLE_US", "1e3", "USTACK_IDLE_US must be a whole number of microseconds"),
+        ("USTACK_IDLE_US", "2000000", "USTACK_IDLE_US must be a whole number of microseconds"),
+    ],
+)
+def test_bad_polling_environment_values_raise_valueerror_naming_the_variable(
+    var: str, text: str, message: str
+):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        Config.resolve(env={var: text})
+
+
+def test_context_kwargs_carry_the_polling_settings_to_open_context():
+    import inspect
+
+    from ustack.runtime import open_context
+
+    kw = Config(poll="busy", budget=8, idle_us=250).context_kwargs()
+    assert (kw["poll"], kw["budget"], kw["idle_us"]) == ("busy", 8, 250)
+    assert set(kw) <= set(inspect.signature(open_context).parameters)
+
+
+def test_asyncio_keywords_and_environment_carry_the_polling_settings(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    import ustack.aio
+    from ustack.aio.loop import _resolve_config
+
+    kw = _resolve_config()
+    assert (kw["budget"], kw["idle_us"]) == (64, 100)
+    monkeypatch.setenv("USTACK_BUDGET", "32")
+    monkeypatch.setenv("USTACK_IDLE_US", "500")
+    kw = _resolve_config(idle_us=0)
+    assert (kw["budget"], kw["idle_us"]) == (32, 0)
+    with pytest.raises(ValueError, match="budget must be"):
+        ustack.aio.install(budget=0)
+    with pytest.raises(ValueError, match="idle_us must be"):
+        ustack.aio.new_event_loop(idle_us=-1)
+
+
+def test_polling_settings_reach_the_threads_context(
+    topology: Topology, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("USTACK_IDLE_US", "250")
+    ustack.configure(name=topology.name, budget=8)
+    try:
+        ctx = api_context.current()
+        assert (ctx.mode, ctx.budget, ctx.idle_us) == ("hybrid", 8, 250)
+    finally:
+        api_context.close_current()

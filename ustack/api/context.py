@@ -6,6 +6,31 @@ thread's Context, opening it on first use with the configuration that
 `configure(**config)` set (keywords, then the environment, then defaults;
 see `ustack.config`).  `configure` affects only Contexts opened after it.
 
+Threads.  Every thread that uses the API gets its own Context on its own
+queue of the topology's multi-queue TAP, and all of them together are
+one host, as worker processes are (`ustack.runtime`, ``shared_queue``):
+one address, one MAC chosen once per process and topology, neighbours
+learnt from IPv4 traffic as well as ARP, one ephemeral port table.  So
+threads may each connect out, and may each listen on the same port; the
+kernel steers each flow to one queue (to the queue that last sent on it,
+else by a hash of the flow), so a connection lives in one thread's
+Context, and an active open claims its flow before its SYN leaves (see
+`ustack.api.socket`).  What a thread may not do is use another thread's
+sockets or Epolls: they raise `ustack.loop.WrongThreadError` before
+changing anything.  Hand work between threads with your own queues.
+
+Limits.  The kernel forgets a flow's queue after about 3 s in which its
+Context sent nothing on it; the peer's next segment then goes where the
+flow hash points.  For a connection the kernel opened (to a listener)
+that is the queue that accepted it, but for an active open it may be
+another thread's, which answers with a reset: a client connection that
+waits more than ~3 s for the peer without sending is lost.  SO_KEEPALIVE
+with TCP_KEEPIDLE and TCP_KEEPINTVL of 1 s keeps the flow claimed.
+Opening or closing a thread's Context changes the number of queues and
+so the hash: do it before traffic starts, not while other threads carry
+long-lived connections.  Two threads that ask ARP at the same moment may
+have one of them wait for its retry (1 s).
+
 `use(ctx)` makes an existing Context (say, one over a MemoryRing in a
 test, or one a program built itself) the calling thread's; `close_current()`
 closes the thread's API sockets, lets their FINs and unsent data leave for
@@ -151,7 +176,9 @@ def _open(cfg: Config) -> Context:
             "offload=True was asked for, but this build's ustack.runtime.open_context "
             "cannot open the TAP with offloads"
         )
-    ctx = open_context(**kwargs)  # type: ignore[arg-type]  # keys and types checked by Config
+    # Every thread's Context is one more queue of this process's host: one
+    # MAC, neighbours learnt from IPv4 too, one ephemeral port table.
+    ctx = open_context(**kwargs, shared_queue=True)  # type: ignore[arg-type]  # checked by Config
     ctx.start()
     return ctx
 

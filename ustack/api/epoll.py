@@ -46,12 +46,21 @@ poll() runs at least one receive burst whenever nothing ran one since the
 previous poll() returned, even if sockets were already ready, so an
 application that always finds a socket writable cannot starve input and
 timers.
+
+Threads.  An Epoll belongs to the thread of its Context and watches only
+that Context's sockets.  register, modify, unregister, poll and close from
+another thread raise `ustack.loop.WrongThreadError` before anything
+changes (one compare of `threading.get_ident()`); `closed`, `context`,
+`fileno()` and repr() may be read from any thread.  A thread that wants
+readiness makes its own Epoll over its own sockets; there is no waking
+one thread's poll() from another.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from threading import get_ident as _get_ident
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -130,6 +139,7 @@ class Epoll:
 
             context = current()
         self._ctx = context
+        self._owner = context.thread_ident
         self._entries: dict[Socket, _Entry] = {}
         self._ready: dict[_Entry, None] = {}
         self._closed = False
@@ -152,6 +162,8 @@ class Epoll:
     def close(self) -> None:
         if self._closed:
             return
+        if _get_ident() != self._owner:
+            raise self._wrong_thread()
         self._closed = True
         for entry in list(self._entries.values()):
             entry.sock._remove_watcher(entry)
@@ -160,6 +172,8 @@ class Epoll:
 
     def register(self, sock: Socket, eventmask: int = _DEFAULT_MASK) -> None:
         """Watch `sock` for `eventmask`; FileExistsError if it is registered already."""
+        if _get_ident() != self._owner:
+            raise self._wrong_thread()
         self._check_open()
         self._check_sock(sock)
         if sock in self._entries:
@@ -171,6 +185,8 @@ class Epoll:
 
     def modify(self, sock: Socket, eventmask: int) -> None:
         """Change the interest mask (and re-arm an EPOLLONESHOT entry)."""
+        if _get_ident() != self._owner:
+            raise self._wrong_thread()
         self._check_open()
         self._check_sock(sock)
         entry = self._entries.get(sock)
@@ -182,6 +198,8 @@ class Epoll:
         entry.wake()
 
     def unregister(self, sock: Socket) -> None:
+        if _get_ident() != self._owner:
+            raise self._wrong_thread()
         self._check_open()
         self._check_sock(sock)
         entry = self._entries.pop(sock, None)
@@ -197,6 +215,8 @@ class Epoll:
         negative waits for ever, 0 runs one burst.  At most `maxevents`
         pairs when it is positive.
         """
+        if _get_ident() != self._owner:
+            raise self._wrong_thread()
         self._check_open()
         if timeout is not None:
             timeout = float(timeout)
@@ -275,6 +295,15 @@ class Epoll:
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("I/O operation on closed epoll object")
+
+    def _wrong_thread(self) -> Exception:
+        from ustack.loop import WrongThreadError
+
+        return WrongThreadError(
+            f"this ustack Epoll belongs to thread {self._owner}, whose Context it watches, "
+            f"and was used from thread {_get_ident()}; use it only in its own thread "
+            "(every thread has its own Context: make an Epoll in each thread)"
+        )
 
     def _check_sock(self, sock: Socket) -> None:
         from ustack.api.socket import Socket

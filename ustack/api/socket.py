@@ -43,6 +43,25 @@ A Socket belongs to the Context (so the thread) it was made on.  It has no
 file descriptor: fileno() returns -1, so it cannot go into select() or a
 kernel epoll; use `ustack.api.epoll.Epoll`.  MSG_PEEK and out-of-band data
 are not supported.
+
+Threads.  A socket is made in the thread of its Context (a Context given
+with ``context=`` from another thread raises).  Only the owning thread may
+call what touches the connection or the Context: bind, listen, accept,
+connect(_ex), send, sendall, sendto, sendfile, recv, recv_into,
+recvfrom(_into), shutdown, close, setsockopt, getsockopt (SO_ERROR clears
+the error) and makefile.  From another thread they raise
+`ustack.loop.WrongThreadError` (a RuntimeError, not an OSError) before
+anything changes, so the owner can go on using the socket; the check is
+one compare with `threading.get_ident()`.  Other threads may read
+`family`, `type`, `proto`, getsockname(), getpeername(), repr() and the
+timeout (a snapshot, taken without a lock), and may set the timeout,
+which the owner's next call uses.  Closing an already closed socket does
+nothing from any thread.  Other threads open their own sockets on their
+own Contexts (`ustack.api.context`).  Such a Context shares the TAP with
+the other threads' Contexts, so connect() there sends a RST for the
+connection it is about to open just before the SYN, which makes the
+kernel steer the replies to this thread's queue (`_claim_flow`; counted
+as ``tcp_out_flow_claims``).
 """
 
 from __future__ import annotations
@@ -54,6 +73,7 @@ import os
 import socket as _stdsocket
 import struct
 from collections.abc import Callable
+from threading import get_ident as _get_ident
 from typing import TYPE_CHECKING, Any, Final
 
 from ustack.api import context as _context
@@ -66,14 +86,17 @@ from ustack.api.epoll import (
     EPOLLRDNORM,
     EPOLLWRNORM,
 )
+from ustack.loop import WrongThreadError
 from ustack.stack.tcp import TcpConnection, TcpListener
 from ustack.stack.udp import EPHEMERAL_HIGH, EPHEMERAL_LOW, UdpSocket
 from ustack.tcp.tcb import State, TcpConfig
-from ustack.wire.ipv4 import ip_from_str, ip_to_str
+from ustack.wire.ipv4 import PROTO_TCP, ip_from_str, ip_to_str
+from ustack.wire.tcp import RST, TCP_HLEN, emit_tcp
 
 if TYPE_CHECKING:
     from ustack.api.epoll import _Entry
     from ustack.loop import Context
+    from ustack.stack.stack import Stack
     from ustack.wire.types import Buffer, WritableBuffer
 
 __all__ = ["Socket", "getdefaulttimeout", "setdefaulttimeout"]
@@ -164,6 +187,47 @@ def _oserror(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
+def _wrong_thread(sock: Socket) -> WrongThreadError:
+    return WrongThreadError(
+        f"this ustack socket belongs to thread {sock._owner}, whose Context made it, and "
+        f"was used from thread {_get_ident()}; use it only in its own thread (every thread "
+        "has its own Context: open the sockets a thread needs in that thread)"
+    )
+
+
+def _claim_flow(stack: Stack, conn: TcpConnection) -> None:
+    """Make the kernel steer the replies of a new active open to this Context's queue.
+
+    On a TAP shared by several Contexts (`ustack.runtime`, shared_queue)
+    the kernel sends a flow's packets to the queue that last transmitted on
+    it; but it handles a frame we write before it records that, and it
+    answers a SYN at once, so a SYN-ACK would go wherever the flow hash
+    points, possibly to another thread's Context, whose RST would both
+    kill the handshake and claim the flow.  A RST for the not yet opened
+    connection, queued just before the SYN, claims the flow first: the
+    kernel drops a RST for which it has no socket without answering
+    (RFC 9293 3.10.7.1), and one that meets a TIME-WAIT socket out of
+    window is dropped too (its sequence number is our ISS).
+    """
+    (src, sport), (dst, dport) = conn.local, conn.remote
+    body = bytearray(TCP_HLEN)
+    emit_tcp(
+        body,
+        0,
+        sport=sport,
+        dport=dport,
+        seq=conn.tcb.iss,
+        ack=0,
+        flags=RST,
+        window=0,
+        src=src,
+        dst=dst,
+        payload_len=0,
+    )
+    stack.counters["tcp_out_flow_claims"] += 1
+    stack.send_ip(dst, PROTO_TCP, body)
+
+
 def _bytes_view(data: Buffer) -> memoryview:
     mv = memoryview(data)
     if mv.ndim != 1 or mv.format != "B":
@@ -252,6 +316,7 @@ class Socket:
         "_listener",
         "_local_port",
         "_opts",
+        "_owner",
         "_peer",
         "_proto",
         "_real_closed",
@@ -264,6 +329,7 @@ class Socket:
     )
 
     _ctx: Context
+    _owner: int
     _stream: bool
     _proto: int
     _opts: _Options
@@ -321,6 +387,9 @@ class Socket:
         if proto not in ok_proto:
             raise OSError(errno.EPROTONOSUPPORT, os.strerror(errno.EPROTONOSUPPORT))
         ctx = _context.current() if context is None else context
+        if ctx.thread_ident != _get_ident():  # another thread's Context
+            self._owner = ctx.thread_ident
+            raise _wrong_thread(self)
         self._setup(ctx, stream, proto, _Options())
         if type & SOCK_NONBLOCK:
             self._timeout = 0.0
@@ -329,6 +398,7 @@ class Socket:
 
     def _setup(self, ctx: Context, stream: bool, proto: int, opts: _Options) -> None:
         self._ctx = ctx
+        self._owner = ctx.thread_ident
         self._stream = stream
         self._proto = proto
         self._opts = opts
@@ -420,6 +490,8 @@ class Socket:
     # -- addresses ----------------------------------------------------------------
 
     def bind(self, address: tuple[str, int]) -> None:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         self._check_open()
         ip, port = _parse_address(address, "bind")
         stack = self._ctx.stack
@@ -508,6 +580,8 @@ class Socket:
     # -- TCP: passive open --------------------------------------------------------
 
     def listen(self, backlog: int = min(_stdsocket.SOMAXCONN, 128)) -> None:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         self._check_open()
         if not self._stream:
             raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
@@ -527,6 +601,8 @@ class Socket:
         self._arm()
 
     def accept(self) -> tuple[Socket, tuple[str, int]]:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         self._check_open()
         listener = self._listener
         if listener is None:
@@ -548,6 +624,8 @@ class Socket:
     # -- active open ----------------------------------------------------------------
 
     def connect(self, address: tuple[str, int]) -> None:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         self._check_open()
         if not self._stream:
             self._connect_udp(address)
@@ -586,6 +664,8 @@ class Socket:
         tcp = stack.tcp
         local = self._local_port or None
         conn = tcp.connect(ip, port, local_port=local, config=self._opts.tcp_config(tcp.config))
+        if stack.learn_from_ip:
+            _claim_flow(stack, conn)
         conn.user = self
         self._conn = conn
         if not self._local_port:
@@ -643,6 +723,8 @@ class Socket:
     # -- data: TCP and UDP ------------------------------------------------------------
 
     def send(self, data: Buffer, flags: int = 0) -> int:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         nonblock = self._flags(flags)
         if not self._stream:
             if self._peer is None:
@@ -660,6 +742,8 @@ class Socket:
             self._check_send(conn)
 
     def sendall(self, data: Buffer, flags: int = 0) -> None:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         nonblock = self._flags(flags)
         if not self._stream:
             self.send(data, flags)
@@ -685,6 +769,8 @@ class Socket:
 
     def sendto(self, data: Buffer, flags_or_address: Any, address: Any = None) -> int:
         """sendto(data, address) or sendto(data, flags, address)."""
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         if address is None:
             flags, addr = 0, flags_or_address
         else:
@@ -700,6 +786,8 @@ class Socket:
         return self._sendto(data, (ip, port))
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         nonblock = self._flags(flags)
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
@@ -715,6 +803,8 @@ class Socket:
 
     def recv_into(self, buffer: WritableBuffer, nbytes: int = 0, flags: int = 0) -> int:
         """Copy received bytes straight into `buffer` (no intermediate bytes object)."""
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         nonblock = self._flags(flags)
         view = _into_view(buffer, nbytes, "recv_into")
         if not self._stream:
@@ -730,6 +820,8 @@ class Socket:
             self._wait_recv(conn, nonblock)
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple[str, int] | None]:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         if bufsize < 0:
             raise ValueError("negative buffersize in recvfrom")
         if self._stream:
@@ -739,6 +831,8 @@ class Socket:
     def recvfrom_into(
         self, buffer: WritableBuffer, nbytes: int = 0, flags: int = 0
     ) -> tuple[int, tuple[str, int] | None]:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         if self._stream:
             return self.recv_into(buffer, nbytes, flags), None
         nonblock = self._flags(flags)
@@ -750,6 +844,8 @@ class Socket:
     # -- ending ---------------------------------------------------------------------
 
     def shutdown(self, how: int) -> None:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         self._check_open()
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
             raise _oserror(errno.EINVAL)
@@ -778,6 +874,8 @@ class Socket:
         """
         if self._closed:
             return
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         self._closed = True
         if self._io_refs <= 0:
             self._real_close()
@@ -826,6 +924,8 @@ class Socket:
     def setsockopt(
         self, level: int, optname: int, value: int | Buffer | None, optlen: int | None = None
     ) -> None:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         self._check_open()
         o = self._opts
         if level == SOL_SOCKET:
@@ -882,6 +982,8 @@ class Socket:
         raise _oserror(errno.ENOPROTOOPT)
 
     def getsockopt(self, level: int, optname: int, buflen: int = 0) -> int | bytes:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         self._check_open()
         if level == SOL_SOCKET and optname == _SO_LINGER:
             onoff, secs = self._opts.linger or (0, 0)
@@ -1037,6 +1139,8 @@ class Socket:
         errors: str | None = None,
         newline: str | None = None,
     ) -> Any:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         if not set(mode) <= {"r", "w", "b"}:
             raise ValueError(f"invalid mode {mode!r} (only r, w, b allowed)")
         writing = "w" in mode
@@ -1072,6 +1176,8 @@ class Socket:
         return text
 
     def _decref_socketios(self) -> None:
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         if self._io_refs > 0:
             self._io_refs -= 1
         if self._closed and self._io_refs <= 0:
@@ -1079,6 +1185,8 @@ class Socket:
 
     def sendfile(self, file: io.BufferedIOBase, offset: int = 0, count: int | None = None) -> int:
         """Send a file's bytes with send() (there is no kernel sendfile under ustack)."""
+        if _get_ident() != self._owner:
+            raise _wrong_thread(self)
         self._check_open()
         if not self._stream:
             raise ValueError("only SOCK_STREAM type sockets are supported")
