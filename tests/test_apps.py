@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import random
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -440,3 +443,108 @@ def test_serve_errors_are_one_line():
         )
         assert res.returncode == 1
         assert res.stderr.strip().count("\n") == 0 and message in res.stderr, res.stderr
+
+
+# -- stopping and live counters -----------------------------------------------------
+
+
+_FINAL_COUNTER = re.compile(r"^\s{4}(\S+)\s+(-?[\d.]+)$", re.M)
+
+
+@pytest.mark.parametrize("stack", ["kernel", "ustack"])
+def test_serve_sigint_stops_cleanly_and_prints_final_counters(topology: Topology, stack: str):
+    # Ctrl-C (SIGINT) ends a server as SIGTERM does: open connections closed, the
+    # final counters printed, exit status 0, no traceback.
+    host = _host(topology, stack)
+    with ServerProcess(topology, "kv", "--stack", stack) as srv:
+        assert srv.proc is not None
+        with memcache(topology, host) as mc:
+            assert mc.set("a", b"1") is True
+            assert mc.get("a") == b"1"
+            assert mc.get("b") is None
+            idle = client_socket(topology, host, 11211)  # still open at the signal
+            srv.proc.send_signal(signal.SIGINT)
+            out, err = srv.proc.communicate(timeout=20)
+            srv.returncode = srv.proc.returncode  # so that leaving the block stops nothing
+            assert read_until_closed(idle) == b""  # the server closed it on its way out
+            idle.close()
+    assert srv.returncode == 0, out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "ustack kv stopped; counters:" in out
+    final = {k: float(v) for k, v in _FINAL_COUNTER.findall(out)}
+    assert final["app_conns_accepted"] == 2 and final["app_conns_active"] == 0
+    assert final["app_requests"] == 3
+    assert final["kv_cmd_set"] == 1 and final["kv_get_hits"] == 1 and final["kv_get_misses"] == 1
+    if stack == "ustack":
+        assert final["tcp_passive_opens"] == 2
+
+
+def _ustack_mac(topo: Topology) -> str:
+    """ustack's MAC as the client netns learnt it (ARP) when it last talked to it."""
+    res = subprocess.run(
+        ["ip", "-n", topo.client_ns, "neigh", "show", topo.ustack_addr, "dev", topo.tap],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    m = re.search(r"lladdr ([0-9a-f:]{17})", res.stdout)
+    assert m is not None, res.stdout
+    return m.group(1)
+
+
+def _send_frame(topo: Topology, frame: bytes) -> None:
+    """One raw Ethernet frame into the TAP from the client netns."""
+    with netns.inside(topo.client_ns):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with s:
+        s.bind((topo.tap, 0))
+        s.send(frame)
+
+
+def _ustack_stats(topo: Topology, *extra: str) -> str:
+    res = subprocess.run(
+        [sys.executable, "-m", "ustack", "stats", "--name", topo.name, *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_stats_shows_drop_reason_counters(topology: Topology):
+    # Two drops provoked from the client netns, each then named in `ustack stats`
+    # with its count: a SYN to a port nobody listens on (answered with RST) and an
+    # IPv4 packet whose header checksum is wrong (a malformed frame, built by scapy).
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import Ether
+
+    host = topology.ustack_addr
+    with ServerProcess(topology, "echo", "--stack", "ustack") as srv:
+        with pytest.raises(ConnectionRefusedError):
+            client_socket(topology, host, 4444)
+        pkt = IP(src=topology.client_addr, dst=host, chksum=0xBAD) / ICMP(id=7, seq=1)
+        frame = Ether(dst=_ustack_mac(topology), src="02:00:00:00:00:01") / pkt
+        assert IP(bytes(pkt)).chksum == 0xBAD  # scapy kept the wrong checksum
+        _send_frame(topology, bytes(frame))
+        deadline = time.monotonic() + 10
+        while True:
+            text = _ustack_stats(topology)
+            if "drop_ipv4_bad_checksum" in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        lines = text.splitlines()
+        assert re.match(r"echo pid \d+ on 198\.18\.0\.2 port 7 \(stack ustack, mode poll", lines[0])
+        listed = dict(_FINAL_COUNTER.findall(text))
+        assert listed["drop_ipv4_bad_checksum"] == "1", text
+        assert listed["tcp_no_port"] == "1" and listed["tcp_out_rsts"] == "1", text
+        # Grouped by layer: the IPv4 drop under "ipv4:", the closed port under "tcp:".
+        ipv4, tcp = lines.index("ipv4:"), lines.index("tcp:")
+        assert ipv4 < next(i for i, ln in enumerate(lines) if "drop_ipv4_bad_checksum" in ln)
+        assert tcp < next(i for i, ln in enumerate(lines) if "tcp_no_port" in ln)
+        (snap,) = json.loads(_ustack_stats(topology, "--json"))
+        assert snap["counters"]["drop_ipv4_bad_checksum"] == 1
+        assert snap["counters"]["tcp_no_port"] == 1
+        assert snap["counters"].get("icmp_in_echos", 0) == 0  # never got that far
+    assert srv.returncode == 0
+    assert srv.counter("drop_ipv4_bad_checksum") == 1  # and in the final counters

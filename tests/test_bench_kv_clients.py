@@ -2,9 +2,10 @@
 
 The unit tests feed the parser text in memaslap's format (periodic dumps
 with -S 1s, the summary at exit, replies it did not expect).  The end to
-end test runs the tool once (module fixture, about 25 s) against the kv
-app on kernel sockets and Debian's memcached with both clients; memcached
-and memaslap come with the Makefile's deps, so their absence fails.
+end test runs the tool once (module fixture, about 40 s) against the kv
+app on ustack (hybrid polling) and on kernel sockets, both in memcached's
+key mode, and Debian's memcached, with both clients; memcached and
+memaslap come with the Makefile's deps, so their absence fails.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 
 from tests.conftest import require_netns, unique_name
 from ustack.bench.loadgen import Histogram
+from ustack.bench.targets import BY_NAME, Launch
 from ustack.topology import Topology
 
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "bench_kv_clients.py"
@@ -206,6 +208,21 @@ def test_log2_buckets_like_memaslap():
     assert kvc.hist_to_log2(h) == {5: 10, 6: 5, 10: 1}
 
 
+def test_kv_app_targets_started_in_the_key_mode_asked():
+    launch = Launch("kv", "t", "t-k", "198.19.0.2", 20001, "/tmp/s.json")
+    for name in ("ustack-hybrid", "kernel-uvloop"):
+        target = kvc.with_kv_keys(BY_NAME[name], "memcached")
+        assert kvc.serves_kv_app(target) and target.name == name
+        argv = target.argv(launch)
+        assert argv[1:5] == ["-m", "ustack", "serve", "kv"]
+        assert argv[-2:] == ["--keys", "memcached"]
+        assert BY_NAME[name].argv(launch) == argv[:-2]  # the table's target is left alone
+    memcached = BY_NAME["memcached"]
+    assert not kvc.serves_kv_app(memcached)
+    assert kvc.with_kv_keys(memcached, "memcached") is memcached
+    assert kvc.parse_args([]).kv_keys == "memcached"
+
+
 # -- end to end ---------------------------------------------------------------------------
 
 
@@ -225,7 +242,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[s
             "--name",
             topo.name,
             "--targets",
-            "kernel-uvloop,memcached",
+            "ustack-hybrid,kernel-uvloop,memcached",
             "--json",
             str(out_json),
         ]
@@ -267,10 +284,15 @@ def _sane(s: dict[str, Any]) -> None:
 @pytest.mark.netns
 def test_quick_run_memcached_both_clients(quick_run):
     doc, text = quick_run
-    assert doc["config"]["targets"] == ["kernel-uvloop", "memcached"]
+    assert doc["config"]["targets"] == ["ustack-hybrid", "kernel-uvloop", "memcached"]
     assert doc["config"]["connections"] == [1, 32]
+    assert doc["config"]["kv_keys"] == "memcached"
     assert doc["placement"] == {"name": "same-cpu", "server_cpu": 0, "client_cpu": 0}
-    assert "[1/8" in text and "Agreement (memaslap / ours)" in text  # progress, report
+    assert "[1/12" in text and "Agreement (memaslap / ours)" in text  # progress, report
+    assert (
+        "servers: ustack's kv app (ustack-hybrid, kernel-uvloop) runs with"
+        " `ustack serve kv --keys memcached` for both clients"
+    ) in text
     for conns in (1, 32):
         ms = _summary(doc, "memcached", conns, "memaslap")
         ours = _summary(doc, "memcached", conns, "loadgen")
@@ -306,12 +328,29 @@ def test_quick_run_kernel_kv_our_client(quick_run):
 
 
 @pytest.mark.netns
-@pytest.mark.xfail(
-    strict=True,
-    reason="ustack's kv app refuses keys with control characters (protocol.txt); memaslap's"
-    " keys begin with an 8-byte binary counter holding bytes 0x10-0x1f",
-)
-def test_quick_run_kernel_kv_memaslap(quick_run):
-    doc, _ = quick_run
+@pytest.mark.parametrize("target", ["kernel-uvloop", "ustack-hybrid"])
+def test_quick_run_memaslap_against_kv_app_memcached_keys(quick_run, target: str):
+    # memaslap's binary keys (bytes 0x10-0x1f) are taken in memcached's key mode.
+    doc, text = quick_run
     for conns in (1, 32):
-        _sane(_summary(doc, "kernel-uvloop", conns, "memaslap"))
+        ms = _summary(doc, target, conns, "memaslap")
+        _sane(ms)
+        assert ms["error"] is None and ms["failed"] == 0
+        assert ms["m"]["get_share"] == pytest.approx(0.9, abs=0.02)
+        assert ms["m"]["server_requests"] == pytest.approx(ms["m"]["ops"], rel=0.05)
+        for client in ("memaslap", "loadgen"):
+            run = next(
+                r
+                for r in doc["runs"]
+                if (r["target"], r["conns"], r["client"]) == (target, conns, client)
+            )
+            assert run["server_ready"].endswith(", keys memcached)"), run["server_ready"]
+            assert run["errors"] == 0 and run["misses"] == 0
+        run = next(
+            r
+            for r in doc["runs"]
+            if (r["target"], r["conns"], r["client"]) == (target, conns, "memaslap")
+        )
+        assert run["memaslap"]["counters"]["get_misses"] == 0
+        assert run["memaslap"]["settings"]["concurrency"] == str(conns)
+    assert "Without figures" not in text

@@ -1,17 +1,20 @@
 """The kv server against a real memcached: the same raw sessions, the same bytes back.
 
 Debian's memcached runs in netns N-k (198.19.0.2, port 11311, -U 0 -t 1)
-next to `ustack serve kv --stack kernel` (port 11211).  Every session is
-sent over a raw socket from netns N to both, and the replies must be
-byte-identical once the version string is masked.  The other documented
-differences (see ustack/apps/kv.py) get tests of their own at the end,
-which check both sides of each difference, so a change on either side
-shows.
+next to `ustack serve kv --stack kernel` twice: in the default key mode
+(``--keys strict``, port 11211) and in memcached's (``--keys memcached``,
+port 11212).  Every session is sent over a raw socket from netns N to
+all three, and the replies must be byte-identical once the version
+string is masked.  The other documented differences (see
+ustack/apps/kv.py) get tests of their own at the end, which check both
+sides of each difference, so a change on either side shows; the key
+mode is one of them: in memcached's mode a key with control characters
+gets memcached's bytes back.
 
-The two servers live for the whole module and see the same sessions in
+The three servers live for the whole module and see the same sessions in
 the same order, so their state (and their cas ids) must stay in step too:
-each session starts with ``flush_all``, which answers OK on both and
-takes one cas id on both.
+each session starts with ``flush_all``, which answers OK on all and
+takes one cas id on all.
 """
 
 from __future__ import annotations
@@ -30,7 +33,11 @@ import pytest
 
 from tests.conftest import require_netns, unique_name
 from tests.server import ServerProcess
-from tests.test_kv_protocol import MEMCACHED_SESSIONS
+from tests.test_kv_protocol import (
+    CONTROL_KEY_MEMCACHED_REPLY,
+    CONTROL_KEY_SESSION,
+    MEMCACHED_SESSIONS,
+)
 from ustack import netns
 from ustack.topology import Topology
 
@@ -38,6 +45,7 @@ pytestmark = pytest.mark.netns
 
 MEMCACHED_PORT = 11311
 OURS_PORT = 11211
+OURS_MEMCACHED_KEYS_PORT = 11212
 IDLE_S = 0.25  # a reply is complete once nothing more came for this long
 
 
@@ -55,6 +63,7 @@ Step = bytes | Pause
 class Servers:
     topo: Topology
     ours: ServerProcess
+    ours_memcached_keys: ServerProcess
 
 
 def _wait_listening(topo: Topology, port: int, timeout_s: float = 10) -> None:
@@ -86,10 +95,15 @@ def servers() -> Iterator[Servers]:
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     ours = ServerProcess(topo, "kv", "--stack", "kernel", "--port", str(OURS_PORT))
+    ours_mk = ServerProcess(
+        topo, "kv", "--stack", "kernel", "--port", str(OURS_MEMCACHED_KEYS_PORT), "--keys",
+        "memcached",
+    )  # fmt: skip
     try:
         _wait_listening(topo, MEMCACHED_PORT)
-        with ours:
-            yield Servers(topo, ours)
+        with ours, ours_mk:
+            assert "keys memcached" in ours_mk.ready_line and "keys" not in ours.ready_line
+            yield Servers(topo, ours, ours_mk)
     finally:
         mc.terminate()
         mc.wait(10)
@@ -127,18 +141,21 @@ def _session(topo: Topology, port: int, steps: list[Step], out: dict[int, bytes]
     out[port] = bytes(got)
 
 
-def both(servers: Servers, steps: list[Step]) -> tuple[bytes, bytes]:
-    """Replay `steps` on memcached and on ours at once; (memcached's, ours)."""
+def both(servers: Servers, steps: list[Step]) -> tuple[bytes, bytes, bytes]:
+    """Replay `steps` on memcached and on ours (both key modes) at once.
+
+    (memcached's, ours with strict keys, ours with memcached's keys).
+    """
     out: dict[int, bytes] = {}
+    ports = (MEMCACHED_PORT, OURS_PORT, OURS_MEMCACHED_KEYS_PORT)
     threads = [
-        threading.Thread(target=_session, args=(servers.topo, port, steps, out))
-        for port in (MEMCACHED_PORT, OURS_PORT)
+        threading.Thread(target=_session, args=(servers.topo, port, steps, out)) for port in ports
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    return out[MEMCACHED_PORT], out[OURS_PORT]
+    return out[MEMCACHED_PORT], out[OURS_PORT], out[OURS_MEMCACHED_KEYS_PORT]
 
 
 _VERSION = re.compile(rb"VERSION [^\r\n]*\r\n")
@@ -148,7 +165,10 @@ def mask(reply: bytes) -> bytes:
     return _VERSION.sub(b"VERSION <masked>\r\n", reply)
 
 
-def assert_same(theirs: bytes, ours: bytes) -> None:
+def assert_same(theirs: bytes, ours: bytes, *more: bytes) -> None:
+    """memcached's reply and ours (and `more` of ours) are the same bytes."""
+    for other in more:
+        assert_same(theirs, other)
     a, b = mask(theirs), mask(ours)
     if a == b:
         return
@@ -170,9 +190,9 @@ FLUSH = b"flush_all\r\n"
 
 @pytest.mark.parametrize("data", [pytest.param(d, id=n) for n, d, _ in MEMCACHED_SESSIONS])
 def test_recorded_session_same_bytes(servers: Servers, data: bytes):
-    theirs, ours = both(servers, [FLUSH, Pause(), data])
+    theirs, ours, ours_mk = both(servers, [FLUSH, Pause(), data])
     assert theirs.startswith(b"OK\r\n")
-    assert_same(theirs, ours)
+    assert_same(theirs, ours, ours_mk)
 
 
 @pytest.mark.parametrize("data", [pytest.param(d, id=n) for n, d, _ in MEMCACHED_SESSIONS])
@@ -182,8 +202,8 @@ def test_recorded_session_in_small_reads_same_bytes(servers: Servers, data: byte
     steps: list[Step] = [FLUSH]
     for i in range(0, len(data), 23):
         steps += [Pause(0.002), data[i : i + 23]]
-    theirs, ours = both(servers, steps)
-    assert_same(theirs, ours)
+    theirs, ours, ours_mk = both(servers, steps)
+    assert_same(theirs, ours, ours_mk)
 
 
 # -- sessions that need a live server ---------------------------------------------------
@@ -262,13 +282,13 @@ SESSIONS: dict[str, list[Step]] = {
 
 @pytest.mark.parametrize("name", list(SESSIONS))
 def test_live_session_same_bytes(servers: Servers, name: str):
-    theirs, ours = both(servers, [FLUSH, Pause(), *SESSIONS[name]])
+    theirs, ours, ours_mk = both(servers, [FLUSH, Pause(), *SESSIONS[name]])
     assert theirs.startswith(b"OK\r\n")
-    assert_same(theirs, ours)
+    assert_same(theirs, ours, ours_mk)
 
 
 def test_expiry_and_delayed_flush_in_real_time(servers: Servers):
-    theirs, ours = both(
+    theirs, ours, ours_mk = both(
         servers,
         [
             FLUSH,
@@ -280,7 +300,7 @@ def test_expiry_and_delayed_flush_in_real_time(servers: Servers):
         ],
     )
     assert theirs.count(b"VALUE") == 8  # a, b, c; b, c; b, c (before the flush); d
-    assert_same(theirs, ours)
+    assert_same(theirs, ours, ours_mk)
 
 
 _COUNTERS = (
@@ -327,9 +347,10 @@ def test_stats_counters_count_the_same(servers: Servers):
         Pause(),
         stats,
     ]
-    theirs, ours = both(servers, session)
+    theirs, ours, ours_mk = both(servers, session)
     mc, us = _stats(theirs), _stats(ours)
     assert {k: mc[k] for k in _COUNTERS} == {k: us[k] for k in _COUNTERS}
+    assert {k: _stats(ours_mk)[k] for k in _COUNTERS} == {k: us[k] for k in _COUNTERS}
     assert mc[b"cmd_get"] == b"4"  # the session did what this test thinks it did
     # memcached's flush_all only marks items dead: they stay in curr_items until
     # its LRU crawler or a later access unlinks them, so earlier tests' keys make
@@ -340,7 +361,7 @@ def test_stats_counters_count_the_same(servers: Servers):
 
 
 def test_stats_settings_agree_on_what_both_have(servers: Servers):
-    theirs, ours = both(servers, [b"verbosity 1\r\nstats settings\r\nverbosity 0\r\n"])
+    theirs, ours, _ = both(servers, [b"verbosity 1\r\nstats settings\r\nverbosity 0\r\n"])
     mc, us = _stats(theirs), _stats(ours)
     assert set(us) <= set(mc)
     shared = (b"maxbytes", b"item_size_max", b"verbosity", b"cas_enabled", b"evictions")
@@ -355,27 +376,54 @@ def test_stats_settings_agree_on_what_both_have(servers: Servers):
 
 
 def test_difference_version_string(servers: Servers):
-    theirs, ours = both(servers, [b"version\r\n"])
+    theirs, ours, ours_mk = both(servers, [b"version\r\n"])
     assert re.fullmatch(rb"VERSION 1\.6\.\d+\r\n", theirs)
-    assert ours == b"VERSION 1.5.0-ustack\r\n"
+    assert ours == ours_mk == b"VERSION 1.5.0-ustack\r\n"
 
 
 def test_difference_stats_values_and_names(servers: Servers):
-    theirs, ours = both(servers, [b"stats\r\nstats items\r\nstats cachedump 1 1\r\n"])
+    theirs, ours, ours_mk = both(servers, [b"stats\r\nstats items\r\nstats cachedump 1 1\r\n"])
     assert theirs.count(b"STAT ") > _stats(ours).__len__() > 30
     assert ours.endswith(b"END\r\nEND\r\nERROR\r\n")
+    assert set(_stats(ours_mk)) == set(_stats(ours)) and ours_mk.endswith(b"END\r\nERROR\r\n")
 
 
 def test_difference_meta_commands(servers: Servers):
-    theirs, ours = both(servers, [b"mn\r\nmg nokey v\r\n"])
+    theirs, ours, ours_mk = both(servers, [b"mn\r\nmg nokey v\r\n"])
     assert theirs == b"MN\r\nEN\r\n"
-    assert ours == b"ERROR\r\nERROR\r\n"
+    assert ours == ours_mk == b"ERROR\r\nERROR\r\n"
 
 
 def test_difference_control_characters_in_keys(servers: Servers):
-    theirs, ours = both(servers, [FLUSH, b"set a\tb 0 0 1\r\nx\r\nget a\tb\r\n"])
+    theirs, ours, ours_mk = both(servers, [FLUSH, b"set a\tb 0 0 1\r\nx\r\nget a\tb\r\n"])
     assert theirs == b"OK\r\nSTORED\r\nVALUE a\tb 0 1\r\nx\r\nEND\r\n"
     assert ours == (
         b"OK\r\nCLIENT_ERROR bad command line format\r\nERROR\r\n"
         b"CLIENT_ERROR bad command line format\r\n"
     )
+    assert ours_mk == theirs  # --keys memcached: no difference
+
+
+def test_difference_control_characters_in_keys_memcached_mode_same_bytes(servers: Servers):
+    # Every control character in keys of every keyed command, memaslap's binary
+    # counter, a CR inside a key, a NUL that ends the line, 250 and 251 bytes; in
+    # one read, then as separate reads around a streamed get line past 2 KiB.
+    streamed = [b"get ", *[step for _ in range(4) for step in (Pause(0.01), b"k\x01 " * 300)]]
+    steps: list[Step] = [
+        FLUSH,
+        CONTROL_KEY_SESSION,
+        Pause(),
+        b"".join(b"set k%c 0 0 1\r\n%c\r\n" % (c, 48 + c % 10) for c in [*range(1, 32), 127]),
+        b"get " + b" ".join(b"k%c" % c for c in [*range(1, 10), *range(11, 32), 127]) + b"\r\n",
+        Pause(),
+        b"gets k\x01 k\x1f\r\nappend k\x01 0 0 1\r\n!\r\nprepend k\x7f 0 0 1\r\n!\r\n",
+        b"add k\x02 0 0 1\r\n2\r\nreplace k\x03 0 0 1\r\n3\r\ngats 100 k\x01 k\x7f k\x03\r\n",
+        Pause(),
+        *streamed,
+        b"k\x7f\r\nversion\r\n",
+    ]
+    theirs, ours, ours_mk = both(servers, steps)
+    assert theirs.startswith(b"OK\r\n" + CONTROL_KEY_MEMCACHED_REPLY[:39])  # before a cas id
+    assert theirs.count(b"VALUE k\x01 0 ") > 1200  # the streamed get found its keys
+    assert_same(theirs, ours_mk)
+    assert ours != theirs and b"CLIENT_ERROR bad command line format" in ours

@@ -26,7 +26,7 @@ from ustack.apps.kv import (
     safe_strtoull,
 )
 from ustack.apps.kvstore import KvStore
-from ustack.apps.runner import AppCounters
+from ustack.apps.runner import AppCounters, build_app
 
 
 class FakeClock:
@@ -83,11 +83,14 @@ class FakeTransport:
 
 
 def make_server(
-    clock: FakeClock | None = None, memory_limit: int = 64 << 20, item_size_max: int = 1 << 20
+    clock: FakeClock | None = None,
+    memory_limit: int = 64 << 20,
+    item_size_max: int = 1 << 20,
+    keys: str = "strict",
 ) -> KvServer:
     clock = clock or FakeClock()
     store = KvStore(memory_limit=memory_limit, item_size_max=item_size_max, clock=clock)
-    return KvServer(store, AppCounters(), clock=clock)
+    return KvServer(store, AppCounters(), keys=keys, clock=clock)
 
 
 def connect(server: KvServer, high_water: int | None = None) -> tuple[KvProtocol, FakeTransport]:
@@ -874,6 +877,9 @@ def test_stats_settings_reports_limits():
     assert out.endswith(b"END\r\n")
 
 
+# -- key modes: strict (the default) and memcached ---------------------------------
+
+
 def test_control_characters_in_keys_refused():
     # A documented difference: memcached accepts these keys.
     out = session(b"set a\tb 0 0 1\r\nx\r\nget a\x7f\r\ndelete a\x01\r\nget ok\r\n")
@@ -882,6 +888,123 @@ def test_control_characters_in_keys_refused():
         b"CLIENT_ERROR bad command line format\r\nCLIENT_ERROR bad command line format\r\n"
         b"END\r\n"
     )
+
+
+MEMASLAP_KEY = bytes(range(0x10, 0x18)) + b"abcdefgh"  # its 8-byte counter, then characters
+LONG_CTRL_KEY = b"\x1f" * 250
+
+# Recorded from memcached 1.6.18 (after a flush_all; the cas of "a\x01\x7f" is ours, 2):
+# keys with a tab, a DEL, memaslap's counter bytes, a CR inside; a NUL ends the line
+# ("get a" misses, "set a" is a command without arguments); 250 bytes are a key, 251
+# are not.
+CONTROL_KEY_SESSION = (
+    b"set a\tb 0 0 1\r\nx\r\nget a\tb\r\nset a\x01\x7f 0 0 1\r\ny\r\ngets a\x01\x7f\r\n"
+    b"set " + MEMASLAP_KEY + b" 0 0 2\r\nzz\r\nget " + MEMASLAP_KEY + b" a\tb\r\n"
+    b"set c\rr 0 0 1\r\n5\r\nincr c\rr 2\r\ndecr c\rr 1\r\ntouch c\rr 100\r\ngat 100 c\rr\r\n"
+    b"delete a\x01\x7f\r\nget a\x01\x7f\r\nget a\x00\x01\r\nset a\x00b 0 0 1\r\nq\r\n"
+    b"set " + LONG_CTRL_KEY + b" 0 0 1\r\n1\r\nset " + LONG_CTRL_KEY + b"\x1f 0 0 1\r\n2\r\n"
+    b"get " + LONG_CTRL_KEY + b"\r\n"
+)
+CONTROL_KEY_MEMCACHED_REPLY = (
+    b"STORED\r\nVALUE a\tb 0 1\r\nx\r\nEND\r\nSTORED\r\nVALUE a\x01\x7f 0 1 2\r\ny\r\nEND\r\n"
+    b"STORED\r\nVALUE " + MEMASLAP_KEY + b" 0 2\r\nzz\r\nVALUE a\tb 0 1\r\nx\r\nEND\r\n"
+    b"STORED\r\n7\r\n6\r\nTOUCHED\r\nVALUE c\rr 0 1\r\n6\r\nEND\r\n"
+    b"DELETED\r\nEND\r\nEND\r\nERROR\r\nERROR\r\n"
+    b"STORED\r\nCLIENT_ERROR bad command line format\r\nERROR\r\n"
+    b"VALUE " + LONG_CTRL_KEY + b" 0 1\r\n1\r\nEND\r\n"
+)
+
+
+def test_keys_memcached_mode_control_characters_like_memcached():
+    server = make_server(keys="memcached")
+    assert session(CONTROL_KEY_SESSION, server) == CONTROL_KEY_MEMCACHED_REPLY
+    # a\tb, memaslap's key, c\rr and the long one (a\x01\x7f was deleted)
+    assert len(server.store) == 4
+    assert server.store.get(MEMASLAP_KEY) is not None
+
+
+def test_keys_memcached_mode_split_at_every_byte_same_replies():
+    data = CONTROL_KEY_SESSION
+    reply = CONTROL_KEY_MEMCACHED_REPLY
+    assert session(data, make_server(keys="memcached"), chunks=[1] * len(data)) == reply
+    assert session(data, make_server(keys="memcached"), chunks=[3, 50, 1] * 200) == reply
+
+
+def test_keys_strict_mode_refuses_the_same_session():
+    out = session(CONTROL_KEY_SESSION, make_server(keys="strict"))
+    bad = b"CLIENT_ERROR bad command line format\r\n"
+    assert out == (
+        bad
+        + b"ERROR\r\n"
+        + bad  # set a\tb (its data "x" is a command), get a\tb
+        + bad
+        + b"ERROR\r\n"
+        + bad  # set a\x01\x7f, gets
+        + bad
+        + b"ERROR\r\n"
+        + bad  # set memaslap's key, get it
+        + bad
+        + b"ERROR\r\n"
+        + bad
+        + bad
+        + bad
+        + bad  # set c\rr, "5", incr, decr, touch, gat
+        + bad
+        + bad
+        + b"END\r\n"  # delete a\x01\x7f, get it, then a NUL ends "get a"
+        + b"ERROR\r\nERROR\r\n"  # "set a" after the NUL, then "q"
+        + bad
+        + b"ERROR\r\n"
+        + bad
+        + b"ERROR\r\n"
+        + bad  # the long keys
+    )
+    assert session(b"get a\x01\r\n", make_server()) == bad  # strict is the default
+
+
+@pytest.mark.parametrize("keys", ["strict", "memcached"])
+def test_keys_streamed_get_line_follows_the_mode(keys: str):
+    # A get line past LINE_LIMIT takes its keys as they stream in: same rule there.
+    server = make_server(keys=keys)
+    proto, transport = connect(server)
+    proto.data_received(b"set k\x01 0 0 2\r\nhi\r\nget ")
+    for _ in range(4):
+        proto.data_received(b"k\x01 " * 300)
+    proto.data_received(b"k\x01\r\nversion\r\n")
+    version = b"VERSION " + VERSION + b"\r\n"
+    if keys == "memcached":
+        assert transport.output == (
+            b"STORED\r\n" + b"VALUE k\x01 0 2\r\nhi\r\n" * 1201 + b"END\r\n" + version
+        )
+    else:
+        bad = b"CLIENT_ERROR bad command line format\r\n"
+        assert transport.output == bad + b"ERROR\r\n" + bad + version
+
+
+def test_keys_mode_unknown_refused():
+    with pytest.raises(ValueError, match="unknown key mode 'loose'"):
+        make_server(keys="loose")
+    with pytest.raises(ValueError, match="--keys must be one of strict, memcached"):
+        build_app("kv", keys="loose")
+
+
+def test_keys_mode_from_build_app():
+    def answer(app_keys: str | None) -> bytes:
+        app = build_app("kv") if app_keys is None else build_app("kv", keys=app_keys)
+        assert app.tcp is not None
+        proto = app.tcp()
+        assert isinstance(proto, KvProtocol)
+        transport = FakeTransport()
+        transport.protocol = proto
+        proto.connection_made(transport)  # type: ignore[arg-type]
+        proto.data_received(b"set a\x01 0 0 1\r\nx\r\n")
+        return transport.output
+
+    assert answer(None) == b"CLIENT_ERROR bad command line format\r\nERROR\r\n"
+    assert answer("memcached") == b"STORED\r\n"
+    assert build_app("kv", keys="memcached").settings == "keys memcached"
+    assert build_app("kv").settings == ""
+    assert answer("strict").startswith(b"CLIENT_ERROR")
 
 
 def test_connection_counters():

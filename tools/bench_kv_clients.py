@@ -45,9 +45,14 @@ How memaslap is driven, and what it can and cannot be asked for:
   (stdout is line-buffered through stdbuf).  At exit it prints a log2
   latency histogram (bucket i holds (2^(i-1), 2^i] us) over the whole
   run, warm-up included: its p50/p99 are given as that bucket's range.
-- A server that refuses memaslap's requests (the 8-byte counter holds
-  bytes 0x10-0x1f, control characters, which the protocol forbids in
-  keys: memcached accepts them, ustack's kv app answers CLIENT_ERROR) is
+- Keys with control characters: memaslap's 8-byte counter holds bytes
+  0x10-0x1f, which the protocol forbids in keys.  memcached accepts them;
+  ustack's kv app refuses them in its default key mode (strict), so the
+  targets that run it (ustack-*, kernel-*) are started with `ustack serve
+  kv --keys memcached` (--kv-keys, memcached by default here), which
+  takes any byte but a space as memcached does, for both clients alike;
+  the report says so, and each run records the server's ready line.
+  With --kv-keys strict, a server that refuses memaslap's requests is
   recorded as such, memaslap is stopped, and that target is not tried
   with memaslap again in this run.
 
@@ -67,7 +72,8 @@ to itself).
 
     sudo .venv/bin/python tools/bench_kv_clients.py [--targets T,...]
         [--connections 1,32] [--repeat 3] [--seconds 5] [--warmup 1]
-        [--placement same-cpu|cross-cpu] [--quick] [--json FILE] [--name TOPO]
+        [--placement same-cpu|cross-cpu] [--kv-keys memcached|strict] [--quick]
+        [--json FILE] [--name TOPO]
 
 Builds its own topology (ustmc<pid>, removed at the end, also on Ctrl-C
 or SIGTERM) unless --name names one that is up.  Needs root.
@@ -89,7 +95,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from types import FrameType
 from typing import IO, Any
 
@@ -122,6 +128,7 @@ ABORT_AFTER_ERRORS = 1000  # error replies before memaslap is stopped as refused
 EXIT_SLACK_S = 15.0  # beyond -t and memaslap's 1 s at exit
 QUICK = {"seconds": 1, "warmup": 1, "repeat": 1, "retries": 0}
 SATURATED = 0.90  # a CPU this busy is the limit
+KV_KEY_MODES = ("memcached", "strict")  # `ustack serve kv --keys`; the first is our default
 
 # -- memaslap: its config and its output -------------------------------------------------
 
@@ -369,6 +376,20 @@ def hist_to_log2(h: Histogram) -> dict[int, int]:
     return out
 
 
+def serves_kv_app(target: Target) -> bool:
+    """Whether `target` runs ustack's kv app (`ustack serve`), which has key modes."""
+    probe = target.argv(Launch("kv", "t", "t-k", "198.18.0.2", 1, "/dev/null"))
+    return probe[1:4] == ["-m", "ustack", "serve"]
+
+
+def with_kv_keys(target: Target, keys: str) -> Target:
+    """`target` with its kv server in key mode `keys`; other servers unchanged."""
+    if not serves_kv_app(target):
+        return target
+    base = target.argv
+    return replace(target, argv=lambda ln: [*base(ln), "--keys", keys])
+
+
 # -- one run ------------------------------------------------------------------------------
 
 
@@ -401,6 +422,7 @@ class ClientRun:
     pinned_busy: float | None = None  # busy share of the pinned CPUs (mean), anyone's work
     cpu_busy: dict[int, float] = field(default_factory=dict)
     server_requests: float | None = None  # the server's own count over the window
+    server_ready: str = ""  # the server's ready line (ours name their key mode)
     keys: int = 0
     attempts: int = 1
     hist: dict[str, Any] = field(default_factory=dict)  # ours, ns
@@ -430,6 +452,7 @@ class KvConfig:
     tolerance: float
     max_other: float
     retries: int
+    kv_keys: str = "memcached"  # the key mode of ustack's kv app (ustack serve kv --keys)
 
 
 @dataclass
@@ -485,7 +508,7 @@ def _refusal(out: MemaslapOutput) -> str:
         why += (
             "; memaslap's keys begin with an 8-byte binary counter (bytes 0x10-0x1f,"
             " control characters that the text protocol forbids in keys: memcached"
-            " accepts them, ustack's kv app refuses them)"
+            " accepts them, ustack's kv app refuses them unless started with --keys memcached)"
         )
     return why
 
@@ -521,6 +544,7 @@ def run_memaslap(ctx: Ctx, target: Target, conns: int, rep: int) -> ClientRun:
     try:
         server = Server(target, launch, cfg.server_cpu, topo.client_ns, stats_path)
         server.wait_ready()
+        res.server_ready = server.ready_line
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -669,6 +693,7 @@ def run_loadgen(ctx: Ctx, target: Target, conns: int, rep: int) -> ClientRun:
     )
     r = run_one(ctx.bench, case, target, rep, cfg.server_cpu, cfg.client_cpu, cfg.placement)
     res.error = r.error
+    res.server_ready = r.ready_line
     if not r.ok:
         return res
     d = derived(r)
@@ -741,7 +766,7 @@ def run_logged(ctx: Ctx, client: str, target: Target, conns: int, rep: int) -> C
 
 def run_all(ctx: Ctx) -> list[ClientRun]:
     cfg = ctx.cfg
-    targets = [BY_NAME[t] for t in cfg.targets]
+    targets = [with_kv_keys(BY_NAME[t], cfg.kv_keys) for t in cfg.targets]
     ctx.total = cfg.repeat * len(cfg.connections) * len(targets) * len(CLIENTS)
     ctx.t_start = time.monotonic()
     runs: list[ClientRun] = []
@@ -1103,6 +1128,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=int, default=5, help="timed window, whole seconds (5)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up, whole seconds >= 1 (1)")
     p.add_argument("--placement", choices=sorted(PLACEMENTS), default="same-cpu")
+    p.add_argument(
+        "--kv-keys",
+        choices=KV_KEY_MODES,
+        default=KV_KEY_MODES[0],
+        help="key mode of ustack's kv app (ustack serve kv --keys): memcached takes"
+        " memaslap's binary keys, strict refuses them (memcached)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 1 s + 1 s, one run each")
     p.add_argument("--keys", type=int, default=10000)
     p.add_argument("--value", type=int, default=1024, help="value bytes (1024)")
@@ -1157,6 +1189,7 @@ def config_from(args: argparse.Namespace) -> KvConfig:
         tolerance=args.tolerance,
         max_other=args.max_other,
         retries=args.retries,
+        kv_keys=args.kv_keys,
     )
 
 
@@ -1241,12 +1274,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     windows = ", ".join(
         f"{c} conn: {memaslap_window(cfg.keys, c) * c:,} keys" for c in cfg.connections
     )
+    ours = [t for t in cfg.targets if serves_kv_app(BY_NAME[t])]
     header = [
         f"command: {command}",
         f"machine: {machine['cpus']} CPUs ({machine['cpu_model']}), kernel {machine['kernel']},"
         f" Python {machine['python']}",
         f"placement: {cfg.placement}: server on CPU {cfg.server_cpu}, client (memaslap or ours)"
         f" on CPU {cfg.client_cpu}",
+        f"servers: ustack's kv app ({', '.join(ours) or 'none here'}) runs with"
+        f" `ustack serve kv --keys {cfg.kv_keys}` for both clients"
+        + (
+            " (any byte but a space in a key, as memcached: memaslap's keys hold bytes 0x10-0x1f)"
+            if cfg.kv_keys == "memcached"
+            else " (control characters in keys refused: memaslap cannot run against it)"
+        ),
         f"load: {cfg.get_ratio:.0%} get / {1 - cfg.get_ratio:.0%} set, {cfg.value} B values,"
         f" one request outstanding per connection; ours: {cfg.keys:,} keys of 10 B, all set"
         f" first; memaslap ({cfg.threads} thread): {KEY_LEN} B keys, its own windows ({windows})",

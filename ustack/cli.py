@@ -134,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="kv: largest item, bytes or with k/m (default: 1m)",
     )
+    serve.add_argument(
+        "--keys",
+        choices=["strict", "memcached"],
+        default="strict",
+        help="kv: strict refuses control characters in keys (the protocol's rule); "
+        "memcached takes any byte but a space, as memcached does (default: strict)",
+    )
     stats = add("stats", _cmd_stats, "print the live counters of the running servers")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     # Parsed by ustack.bench.cli (see main): listed here for --help only, so

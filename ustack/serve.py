@@ -41,6 +41,7 @@ def serve(args: argparse.Namespace) -> int:
         memory_limit=args.memory_limit << 20,
         item_size_max=args.item_size_max,
         stats_json=args.stats_json,
+        keys=args.keys,
     )
 
 

@@ -73,7 +73,13 @@ for these, each of which it checks on both sides.)
   line format``, as the protocol's specification asks (memcached itself
   only splits on spaces and accepts them).  Like any other bad command
   line, the data block of a refused storage command is then read as
-  commands.
+  commands.  That is the ``strict`` key mode, the default; in the
+  ``memcached`` mode (``KvServer(keys="memcached")``, ``ustack serve kv
+  --keys memcached``) a key is any bytes but a space, as in memcached
+  1.6: a line ends at ``\\n`` (a ``\\r`` before it dropped, one anywhere
+  else part of the key) and at its first NUL, so neither can be in a key.
+  Clients whose keys hold binary bytes need it (memaslap's keys start
+  with an 8-byte counter whose bytes are 0x10-0x1f).
 - Meta commands (``mg``, ``ms``, ``md``, ``ma``, ``mn``, ``me``) and
   administrative ones (``slabs``, ``lru``, ``lru_crawler``, ``watch``,
   ``extstore``) answer ``ERROR``.  ``cache_memlimit`` and ``shutdown``
@@ -129,6 +135,7 @@ INT32_MAX = (1 << 31) - 1
 U64 = 1 << 64
 MAX_VERBOSITY = 2
 
+KEY_MODES = ("strict", "memcached")  # see "Keys" in the module docstring
 _CTRL = re.compile(rb"[\x00-\x1f\x7f]")
 # C strtol/strtoul over a token (which never holds a space): leading blanks,
 # a sign, digits, then the token's end or a blank.
@@ -193,7 +200,11 @@ def safe_strtol(tok: bytes) -> int | None:
 
 
 class KvServer:
-    """One kv server: the store, the app counters and the settings clients can change."""
+    """One kv server: the store, the app counters and the settings clients can change.
+
+    `keys` is the key mode: ``strict`` refuses control characters in keys,
+    ``memcached`` takes any byte but a space (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -202,9 +213,13 @@ class KvServer:
         *,
         port: int = 11211,
         version: bytes = VERSION,
+        keys: str = "strict",
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if keys not in KEY_MODES:
+            raise ValueError(f"unknown key mode {keys!r} (known: {', '.join(KEY_MODES)})")
         self.store = store
+        self.keys = keys
         self.counters = counters
         self.port = port
         self.version = version
@@ -320,7 +335,8 @@ class KvProtocol(asyncio.Protocol):
         self._block_parts: list[bytes | memoryview] = []
         self._pending: _Pending | None = None
         self._stream: _StreamedGet | None = None
-        self._ctrl = False  # the current line holds a control character
+        self._strict_keys = server.keys == "strict"
+        self._ctrl = False  # strict keys and the current line holds a control character
         self._closing = False  # no more input is read (quit, bad line, lost)
         self._close_when_drained = False  # quit: close once the replies are out
         self._paused = False
@@ -484,7 +500,7 @@ class KvProtocol(asyncio.Protocol):
             self._emit(_ERROR)
             return
         self.counters.requests += 1
-        self._ctrl = _CTRL.search(line) is not None
+        self._ctrl = self._strict_keys and _CTRL.search(line) is not None
         handler(self, tokens)
 
     def _emit(self, reply: bytes) -> None:
@@ -572,10 +588,11 @@ class KvProtocol(asyncio.Protocol):
 
     def _stream_keys(self, s: _StreamedGet, text: bytes) -> None:
         store = self.store
+        strict = self._strict_keys
         for key in text.split(b" "):
             if not key:
                 continue
-            if len(key) > KEY_MAX_LENGTH or _CTRL.search(key) is not None:
+            if len(key) > KEY_MAX_LENGTH or (strict and _CTRL.search(key) is not None):
                 s.failed = True
                 s.held.clear()
                 return

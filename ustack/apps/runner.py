@@ -24,6 +24,10 @@ the summed counters.  Workers learn neighbours from IPv4 traffic too
 (`NeighbourCache.confirm`): an ARP reply reaches only the queue the
 kernel picks for it.
 
+Key mode (kv): `build_app(keys=...)` and `run_app(keys=...)` pick
+``strict`` (the default) or ``memcached`` (see ustack.apps.kv); a mode
+other than strict shows in the ready line.
+
 Live counters: every server answers on a Unix socket in
 ``/run/ustack/<name>/`` (one per process) with a JSON snapshot: app and
 stack counters and, on ustack, one `ss -ti`-like entry per connection.
@@ -116,6 +120,8 @@ class App:
     udp: ProtocolFactory | None = None
     # Extra counters to print at the end (the kv store's), read when it stops.
     extra_counters: Callable[[], Mapping[str, int]] | None = None
+    # Settings that differ from the defaults, for the ready line ("keys memcached").
+    settings: str = ""
 
     @property
     def protocols(self) -> str:
@@ -128,9 +134,13 @@ def build_app(
     port: int | None = None,
     memory_limit: int = 64 << 20,
     item_size_max: int = 1 << 20,
+    keys: str = "strict",
     clock: Callable[[], float] = time.time,
 ) -> App:
-    """The app called `name` with fresh counters (and, for kv, a fresh store)."""
+    """The app called `name` with fresh counters (and, for kv, a fresh store).
+
+    `keys`: the kv key mode, ``strict`` or ``memcached``.
+    """
     if name not in APPS:
         raise ValueError(f"unknown app {name!r} (known: {', '.join(APPS)})")
     port = DEFAULT_PORTS[name] if port is None else port
@@ -155,11 +165,13 @@ def build_app(
             tcp=lambda: echo.DiscardProtocol(counters),
             udp=lambda: echo.DiscardDatagramProtocol(counters),
         )
-    from ustack.apps.kv import KvServer
+    from ustack.apps.kv import KEY_MODES, KvServer
     from ustack.apps.kvstore import KvStore
 
+    if keys not in KEY_MODES:
+        raise ValueError(f"--keys must be one of {', '.join(KEY_MODES)}, got {keys!r}")
     store = KvStore(memory_limit=memory_limit, item_size_max=item_size_max, clock=clock)
-    server = KvServer(store, counters, port=port, clock=clock)
+    server = KvServer(store, counters, port=port, keys=keys, clock=clock)
 
     def kv_counters() -> dict[str, int]:
         out = {f"kv_{k}": v for k, v in store.stats.items()}
@@ -167,7 +179,14 @@ def build_app(
         out["kv_bytes"] = store.bytes
         return out
 
-    return App(name, port, counters, tcp=server.protocol, extra_counters=kv_counters)
+    return App(
+        name,
+        port,
+        counters,
+        tcp=server.protocol,
+        extra_counters=kv_counters,
+        settings="" if keys == "strict" else f"keys {keys}",
+    )
 
 
 @dataclass
@@ -448,11 +467,14 @@ def run_app(
     memory_limit: int = 64 << 20,
     item_size_max: int = 1 << 20,
     stats_json: str | None = None,
+    keys: str = "strict",
 ) -> int:
     """`ustack serve APP`: serve until SIGTERM/SIGINT; one ready line, then counters."""
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    app = build_app(app_name, port=port, memory_limit=memory_limit, item_size_max=item_size_max)
+    app = build_app(
+        app_name, port=port, memory_limit=memory_limit, item_size_max=item_size_max, keys=keys
+    )
     if workers > 1:
         if stack != "ustack":
             raise UstackError(
@@ -513,7 +535,8 @@ async def _serve(
         control = await _open_control(name, app, choice)
         ready = (
             f"ustack {app.name} ready on {choice.host} port {app.port} {app.protocols} "
-            f"(stack {choice.stack}, mode {choice.mode}, netns {choice.netns})"
+            f"(stack {choice.stack}, mode {choice.mode}, netns {choice.netns}"
+            + (f", {app.settings})" if app.settings else ")")
         )
         if report is None:
             print(ready, flush=True)
