@@ -10,11 +10,15 @@ written once against a socket module and an epoll object:
 
 The client (a kernel program in netns N, one hop from either server) opens
 C connections, sets TCP_NODELAY, and keeps one 64-byte message in flight
-per connection: the echo of a message releases the next.  With C=1 every
-round trip is timed (time.perf_counter_ns around send and the last recv),
-so p50/p99 are latencies; with more connections the figure is echoed
-messages per second.  Each (target, C) runs in a fresh server process,
-with a warm-up before the timed window.
+per connection: the echo of a message releases the next.  Every round
+trip is timed (time.perf_counter_ns from the send to the recv that
+completes the echo; with C > 1 that includes waiting in the client's epoll
+loop, as an application's latency would), so p50/p99 are latencies at
+every C.  Each (target, C) runs in a fresh server process, with a warm-up
+before the timed window.  The server's CPU (user + system, from /proc)
+over the window is reported per 1,000 echoed messages and as a share of
+one CPU.  `--idle S` adds one more run per target: one connection open
+and no traffic for S seconds, and the server's CPU over them.
 
 CPU placement is explicit: `cross-cpu` (default) pins the server to CPU 0
 and the client to CPU 1, `same-cpu` pins both to CPU 0.  The server's CPU
@@ -25,7 +29,7 @@ child processes started here are ended, by PID.
 
     sudo .venv/bin/python tools/bench_echo_native.py [--conns 1,64] [--seconds 3]
         [--warmup 0.5] [--targets kernel,busy,interrupt,hybrid]
-        [--placement cross-cpu|same-cpu] [--json FILE]
+        [--placement cross-cpu|same-cpu] [--idle 10] [--json FILE]
 """
 
 from __future__ import annotations
@@ -189,14 +193,16 @@ def client_main(spec_text: str) -> int:
         ep = select.epoll()
         by_fd = {}
         pending: dict[int, int] = {}  # bytes of the current reply received, per fd
+        sent: dict[int, int] = {}  # when the message in flight was sent, per fd
         for s in conns:
             s.setblocking(False)
             by_fd[s.fileno()] = s
             pending[s.fileno()] = 0
             ep.register(s.fileno(), select.EPOLLIN)
+            sent[s.fileno()] = perf()
             s.send(msg)
         for timed, duration in ((False, spec["warmup"]), (True, spec["seconds"])):
-            done = 0
+            rtts = []
             cpu0 = time.process_time()
             t_start = perf()
             end = t_start + int(duration * 1e9)
@@ -204,16 +210,19 @@ def client_main(spec_text: str) -> int:
                 for fd, _m in ep.poll(1.0):
                     sock = by_fd[fd]
                     got = pending[fd] + len(sock.recv(65536))
-                    while got >= SIZE:
+                    if got >= SIZE:  # one message in flight: at most one echo completes
+                        t = perf()
+                        rtts.append(t - sent[fd])
                         got -= SIZE
-                        done += 1
+                        sent[fd] = t
                         sock.send(msg)
                     pending[fd] = got
             if timed:
                 out = {
-                    "messages": done,
+                    "messages": len(rtts),
                     "elapsed_ns": perf() - t_start,
                     "client_cpu_s": time.process_time() - cpu0,
+                    "rtts_ns": sorted(rtts),
                 }
     for s in conns:
         s.close()
@@ -266,12 +275,19 @@ def run_one(topo: Topology, target: str, conns: int, args: argparse.Namespace) -
         if line.startswith("{"):
             stats = json.loads(line)
     seconds = res["elapsed_ns"] / 1e9
+    server_cpu_s = cpu_used(s0, s1)
     row: dict[str, Any] = {
         "target": target,
         "conns": conns,
         "messages": res["messages"],
         "msgs_per_s": res["messages"] / seconds,
-        "server_cpu": cpu_used(s0, s1) / max(s1.t - s0.t, 1e-9),
+        "server_cpu": server_cpu_s / max(s1.t - s0.t, 1e-9),
+        # The /proc window is the client's timed window give or take a few ms.
+        "server_cpu_ms_per_1k": 1e6
+        * server_cpu_s
+        / max(s1.t - s0.t, 1e-9)
+        * seconds
+        / max(res["messages"], 1),
         "client_cpu": res["client_cpu_s"] / seconds,
         "loop_frames_per_burst": stats.get("loop_frames_per_burst"),
         "loop_sleeps": stats.get("loop_sleeps"),
@@ -283,6 +299,43 @@ def run_one(topo: Topology, target: str, conns: int, args: argparse.Namespace) -
     return row
 
 
+def run_idle(topo: Topology, target: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One connection open, no traffic for args.idle seconds: the server's CPU over them."""
+    server_cpu, _ = PLACEMENTS[args.placement]
+    dst = topo.kernel_addr if target == "kernel" else topo.ustack_addr
+    server = start_server(
+        target,
+        _self_argv("--server-role", target, topo.name, str(server_cpu)),
+        server_cpu,
+        topo=topo.name,
+        addr=dst,
+        port=PORT,
+        client_ns=topo.client_ns,
+    )
+    try:
+        with netns.inside(topo.client_ns):
+            conn = socket.create_connection((dst, PORT), timeout=10)
+        try:
+            conn.sendall(bytes(SIZE))  # one echo, so the server has accepted and served it
+            got = 0
+            while got < SIZE:
+                got += len(conn.recv(SIZE))
+            time.sleep(0.5)
+            s0 = server.sample()
+            time.sleep(args.idle)
+            s1 = server.sample()
+        finally:
+            conn.close()
+    finally:
+        server.stop()
+    return {
+        "target": target,
+        "idle_s": s1.t - s0.t,
+        "server_cpu_s": cpu_used(s0, s1),
+        "server_vcsw": s1.vcsw - s0.vcsw,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--server-role", nargs=3, metavar=("TARGET", "TOPO", "CPU"))
@@ -292,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--placement", choices=sorted(PLACEMENTS), default="cross-cpu")
+    p.add_argument("--idle", type=float, default=0.0, help="idle run of S seconds (0: none)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.server_role:
@@ -306,11 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     unwind_on_sigterm()
     topo = Topology(f"ustbench{os.getpid()}").up()
     rows = []
+    idles = []
     try:
         for conns in args.conns:
             for target in targets:
                 progress(f"{target}, {conns} connection(s) ...")
                 rows.append(run_one(topo, target, conns, args))
+        if args.idle > 0:
+            for target in targets:
+                progress(f"{target}, idle for {args.idle:g} s ...")
+                idles.append(run_idle(topo, target, args))
     except KeyboardInterrupt:
         progress("interrupted")
         return 130
@@ -319,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_info()}; placement {args.placement}; {SIZE}-byte messages")
     print(
         f"{'target':10} {'conns':>5} {'msgs/s':>10} {'p50 us':>8} {'p99 us':>8} "
-        f"{'server CPU':>10} {'client CPU':>10} {'frames/burst':>12}"
+        f"{'server CPU':>10} {'CPU s/1k':>9} {'client CPU':>10} {'frames/burst':>12}"
     )
     for r in rows:
         p50 = f"{r['p50_us']:.1f}" if "p50_us" in r else "-"
@@ -327,12 +386,18 @@ def main(argv: list[str] | None = None) -> int:
         fpb = r["loop_frames_per_burst"]
         print(
             f"{r['target']:10} {r['conns']:>5} {r['msgs_per_s']:>10.0f} {p50:>8} {p99:>8} "
-            f"{r['server_cpu']:>10.2f} {r['client_cpu']:>10.2f} "
-            f"{fpb if fpb is not None else '-':>12}"
+            f"{r['server_cpu']:>10.2f} {r['server_cpu_ms_per_1k'] / 1000:>9.4f} "
+            f"{r['client_cpu']:>10.2f} {fpb if fpb is not None else '-':>12}"
+        )
+    for i in idles:
+        print(
+            f"idle {i['target']:10} server CPU {i['server_cpu_s']:.2f} s over {i['idle_s']:.1f} s"
+            f" ({i['server_vcsw']} voluntary context switches)"
         )
     if args.json:
+        doc = {"machine": machine_info(), "placement": args.placement, "rows": rows, "idle": idles}
         with open(args.json, "w") as f:
-            json.dump({"machine": machine_info(), "placement": args.placement, "rows": rows}, f)
+            json.dump(doc, f)
     return 0
 
 
