@@ -2,8 +2,10 @@
 
 With `--workers 2` each worker has its own Context on its own queue of the
 multi-queue TAP; the kernel steers flows to queues.  200 connections from
-the kernel must all be served, both workers must get a share, and ping
-(ARP and ICMP on whichever queue they land) must keep working throughout.
+the kernel, all open at once, must all be served, both workers must get a
+share, and ping (ARP and ICMP on whichever queue they land) must keep
+working throughout, also after the kernel forgets our MAC halfway and has
+to resolve it again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import subprocess
 import sys
 import threading
 
+from pyroute2 import IPRoute
+
 from tests.conftest import ns_run
 from tests.server import ServerProcess
 from ustack import netns
@@ -22,18 +26,35 @@ from ustack.topology import Topology
 USTACK = "198.18.0.2"
 
 
-def _echo_clients(topo: Topology, count: int, port: int = 7) -> int:
+def _forget_ustack_mac(topo: Topology) -> None:
+    """Delete the kernel's neighbour entry for ustack: its next packet needs ARP again."""
+    with IPRoute(netns=topo.client_ns) as ipr:
+        idx = ipr.link_lookup(ifname=topo.tap)[0]
+        ipr.neigh("del", dst=USTACK, ifindex=idx)
+
+
+def _concurrent_echo_clients(topo: Topology, count: int, port: int = 7) -> int:
+    """Open `count` connections (ARP forgotten halfway), then echo on each, then close all."""
+    socks: list[socket.socket] = []
     ok = 0
-    with netns.inside(topo.name):
-        for i in range(count):
+    try:
+        with netns.inside(topo.name):
+            for i in range(count):
+                if i == count // 2:
+                    _forget_ustack_mac(topo)
+                socks.append(socket.create_connection((USTACK, port), timeout=10))
+        for i, s in enumerate(socks):
+            s.sendall(b"message %d " % i * 20)
+        for i, s in enumerate(socks):
             msg = b"message %d " % i * 20
-            with socket.create_connection((USTACK, port), timeout=10) as s:
-                s.sendall(msg)
-                s.shutdown(socket.SHUT_WR)
-                got = bytearray()
-                while chunk := s.recv(4096):
-                    got += chunk
+            s.shutdown(socket.SHUT_WR)
+            got = bytearray()
+            while chunk := s.recv(4096):
+                got += chunk
             ok += bytes(got) == msg
+    finally:
+        for s in socks:
+            s.close()
     return ok
 
 
@@ -59,7 +80,7 @@ def test_two_workers_share_200_connections_while_ping_works(topology: Topology) 
             )
         )
         pinger.start()
-        served = _echo_clients(topology, 200)
+        served = _concurrent_echo_clients(topology, 200)
         pinger.join()
         snaps = _ustack_stats(topology)
     assert served == 200
@@ -72,6 +93,14 @@ def test_two_workers_share_200_connections_while_ping_works(topology: Topology) 
     ]
     assert len(shares) == 2 and sum(shares) == 200
     assert min(shares) > 0, f"one worker got no connection: {shares}"
+    # The kernel resolved us at the start and again after forgetting us halfway
+    # (its requests land on whichever queue; whoever gets one answers).
+    replies = 0
+    for snap in snaps:
+        counters = snap["counters"]
+        assert isinstance(counters, dict)
+        replies += int(counters.get("arp_out_replies", 0))
+    assert replies >= 2, replies
     assert srv.returncode == 0
 
 
