@@ -403,7 +403,8 @@ def _run_quick(
     argv = [
         sys.executable,
         "-m",
-        "ustack.bench.cli",
+        "ustack",  # the `ustack bench` entry point
+        "bench",
         "--quick",
         "--name",
         topology.name,
@@ -503,8 +504,13 @@ def test_quick_run_sinks(topology, tmp_path):
         "--scenarios",
         "echo-rate,kv,idle",
         "--no-calibrate",
+        "--placement",
+        "cross-cpu",
     )
     assert doc["loadgen_ceiling"] == []
+    # Pinned as asked, read back from the kernel: server on CPU 0, load generator on 1.
+    for r in doc["runs"]:
+        assert (r["server_affinity"], r["loadgen_affinity"]) == ([0], [1]), r["case"]
     for s in doc["summary"]:
         assert s["runs"] == 1, (s["case"], s["target"], s["error"])
         if s["scenario"] != "idle":

@@ -9,8 +9,9 @@
 
 Builds its own topology (removed at the end, also on Ctrl-C or SIGTERM)
 unless --name names one that is already up.  Needs root.  `ustack.cli`
-hooks it in with `add_bench_parser(subparsers)`; until then
-`python -m ustack.bench.cli ...` runs it.
+hands `ustack bench ...` to `main` here and lists the options in its help
+through `add_bench_parser(subparsers)`; `python -m ustack.bench.cli ...`
+runs it too.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ time is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -232,6 +233,10 @@ class RunResult:
     loadgen: dict[str, float] = field(default_factory=dict)  # /proc deltas over the window
     cpu_busy: dict[int, float] = field(default_factory=dict)
     cpus: list[int] = field(default_factory=list)
+    # CPUs the server's and the load generator's processes were allowed, read back
+    # from the kernel during the run: the placement as it was, not as it was asked.
+    server_affinity: list[int] = field(default_factory=list)
+    loadgen_affinity: list[int] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=dict)  # the server's own
     counters_scope: str = ""  # "window" (SIGUSR1 snapshots), "life" or "" (none)
     counters_ops: int = 0  # requests the counters cover (all the load generator sent if "life")
@@ -434,6 +439,8 @@ def run_one(
         res.ready_line = server.ready_line
         workers = Workers(worker_specs(b, case, target, port, client_cpu), client_cpu)
         workers.wait_ready(timeout=60.0)
+        res.server_affinity = _affinity(server.pids)
+        res.loadgen_affinity = _affinity(workers.pids)
         length = cfg.idle_seconds if case.scenario == "idle" else cfg.seconds
         now_ns = time.monotonic_ns()
         t_timed_ns = now_ns + int(cfg.warmup * 1e9)
@@ -477,6 +484,15 @@ def run_one(
         res.counters_scope = "life"
         res.counters_ops = sum(int(d.get("ops_total", 0)) for d in docs)
     return res
+
+
+def _affinity(pids: Sequence[int]) -> list[int]:
+    """The CPUs any of `pids` may run on (processes that are gone are skipped)."""
+    cpus: set[int] = set()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            cpus |= os.sched_getaffinity(pid)
+    return sorted(cpus)
 
 
 def fill(
