@@ -18,6 +18,10 @@ of its innermost Python frame (time inside the C ring is charged to the
     asyncio   asyncio/ selectors the standard event loop around it
     other     anything else (the bench's stats thread, the interpreter's own)
 
+py-spy follows Python frames only, so for a kernel target (uvloop in C,
+the kernel's TCP inside system calls) everything lands on the innermost
+Python frame, the app's: there the table only says how much is Python.
+
 Per layer: its share of the samples and the CPU microseconds per request
 that share stands for (server user + system CPU over the window from
 /proc, divided by the replies).  py-spy sees only what runs on the CPU
@@ -128,7 +132,8 @@ def profile_one(
         spy = subprocess.Popen(
             [
                 "taskset", "-c", str(cfg.client_cpu), pyspy, "record", "--pid",
-                str(server.pids[0]), "--rate", str(rate), "--nonblocking", "--format", "raw",
+                str(server.proc.pid), "--subprocesses", "--full-filenames", "--rate", str(rate),
+                "--nonblocking", "--format", "raw",
                 "--duration", str(max(1, int(cfg.seconds))), "--output", folded,
             ],
             stdout=subprocess.DEVNULL,
