@@ -10,6 +10,9 @@
 - `route_kernel_ns` and `impair`: the kernel peer in the baseline namespace
   N-k, routed through N, and nftables rules in N that drop TCP segments at
   random in both directions (the machine's kernel has no netem).
+- `narrow_kernel_link` and `kernel_server`: a veth of smaller MTU between N
+  and N-k, so that N's kernel answers ustack's DF datagrams with ICMP
+  fragmentation needed (RFC 1191), and a kernel listener in N-k.
 
 TCP_PEER_SCRIPT in the environment replaces tests/tcp_peer.py (for a
 wrapper that traces the connection while debugging).
@@ -32,8 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyroute2 import IPRoute
+
 from tests.kernel import ns_socket
 from tests.tcp_peer import payload_chunks, payload_sha256
+from ustack import netns
 from ustack.topology import TAP_IFNAME, VETH_CLIENT, VETH_KERNEL, Topology
 
 __all__ = [
@@ -46,6 +52,8 @@ __all__ = [
     "kernel_client",
     "kernel_exchange",
     "kernel_listener",
+    "kernel_server",
+    "narrow_kernel_link",
     "payload_chunks",
     "payload_sha256",
     "route_kernel_ns",
@@ -430,3 +438,43 @@ def impair(topo: Topology, permille: int, *, per_segment: bool = True) -> Iterat
 def soak_bytes(default: int) -> int:
     """Bytes per transfer: `default`, or SOAK_BYTES from the environment."""
     return int(os.environ.get("SOAK_BYTES", default))
+
+
+# -- a narrow hop between N and N-k (path MTU discovery) --------------------------
+
+
+def narrow_kernel_link(topo: Topology, mtu: int, *, advmss: int) -> None:
+    """Give both ends of the veth between N and N-k an MTU of `mtu`: a narrow hop.
+
+    Needs `route_kernel_ns` first (its route in N-k is replaced here).  N's
+    kernel then forwards ustack's datagrams larger than `mtu` only without
+    DF; with DF it drops them and answers ICMP fragmentation needed, next-hop
+    MTU `mtu` (RFC 1191; Linux's ip_forward).  The kernel in N-k would derive
+    its MSS from its own narrow link and spare ustack the trouble, so its
+    route to ustack's subnet gets `advmss`: it announces the MSS of a wider
+    link, as a server on a LAN wider than a tunnel further along does.  ICMP
+    rate limiting in N is switched off (net.ipv4.icmp_ratelimit = 0;
+    Linux exempts fragmentation needed from it anyway, icmpv4_mask_allow).
+    """
+    for ns, ifname in ((topo.client_ns, VETH_CLIENT), (topo.kernel_ns, VETH_KERNEL)):
+        with IPRoute(netns=ns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], mtu=mtu)
+    with IPRoute(netns=topo.kernel_ns) as ipr:
+        ipr.route(
+            "replace",
+            dst="198.18.0.0/24",
+            gateway=topo.veth_client_addr,
+            oif=ipr.link_lookup(ifname=VETH_KERNEL)[0],
+            metrics={"advmss": advmss},
+        )
+    with netns.inside(topo.client_ns), open("/proc/sys/net/ipv4/icmp_ratelimit", "w") as f:
+        f.write("0")
+
+
+def kernel_server(topo: Topology, port: int) -> socket.socket:
+    """A kernel TCP listener on the baseline namespace's address (198.19.0.2)."""
+    sock = ns_socket(topo.kernel_ns, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((topo.kernel_addr, port))
+    sock.listen(4)
+    return sock

@@ -8,8 +8,11 @@ counters that changed.  Covers what `ustack.stack.tcp` and
 and active opens through the Stack, RSTs for closed ports (RFC 9293
 3.10.7.1), SYN-ACKs to a listener, SYN cookies when the SYN queue
 overflows, the accept queue's back-pressure, TIME-WAIT reuse (RFC 6191),
-listener close, the connection table emptying, the timer heap, and TSO
-and checksum offload on a device with virtio-net headers.
+listener close, the connection table emptying, the timer heap, ACKs per
+burst (one cumulative ACK for in-order data, one per segment that wants
+its own: RFC 5681 4.2), TSO and checksum offload on a device with
+virtio-net headers, and ICMP fragmentation needed (path MTU discovery,
+RFC 1191 with RFC 5927's checks).
 
 The peer's initial sequence numbers sit just below 2**32 so that every
 data exchange crosses the wrap.
@@ -18,11 +21,12 @@ data exchange crosses the wrap.
 from __future__ import annotations
 
 import errno
+import struct
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
@@ -564,6 +568,110 @@ def test_segments_without_offload_are_at_most_smss_and_fully_checksummed(
         ip = bytes(f[IP])
         tlen = len(ip) - 20
         assert checksum(ip, 20, tlen, pseudo_sum(ip_from_str(US), ip_from_str(PEER), 6, tlen)) == 0
+
+
+# ---- ACKs per burst: one cumulative ACK, but one ACK per out-of-order segment ---------------
+
+
+def sack_blocks(frame: Any) -> list[tuple[int, int]]:
+    """The SACK blocks of one of our segments, as (left, right) pairs."""
+    flat = opts(frame).get("SAck", ())
+    return list(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def test_established_in_order_burst_gets_exactly_one_cumulative_ack(
+    net: Net, listener: TcpListener
+):
+    """ARCHITECTURE.md rule 3: five in-order segments in one burst, one (stretch) ACK."""
+    peer = Peer(net)
+    conn = establish(net, listener, peer)
+    out = net.feed([peer.ack(bytes([i]) * 1448) for i in range(5)])
+    assert summary(out) == [("A", seq_add(conn.tcb.iss, 1), seq_add(PEER_ISN, 1 + 5 * 1448), 0)]
+    assert conn.readable_bytes == 5 * 1448
+    assert net.delta_tcp() == {"tcp_in_segs": 5, "tcp_out_segs": 1}
+
+
+@pytest.mark.parametrize("sack", [True, False], ids=["sack", "no-sack"])
+def test_established_out_of_order_burst_gets_one_duplicate_ack_per_segment(
+    net: Net, listener: TcpListener, sack: bool
+):
+    """RFC 5681 4.2: an immediate duplicate ACK for each out-of-order segment.
+
+    A peer without SACK counts duplicate ACKs per packet (Linux does), so
+    five segments beyond a hole in one burst must bring five ACKs, each
+    for the hole and with the same window, or it never sees three.
+    """
+    peer = Peer(net, sack=sack)
+    conn = establish(net, listener, peer)
+    hole = peer.snd_nxt
+    peer.snd_nxt = seq_add(hole, 1448)  # the first segment is lost
+    out = net.feed([peer.ack(bytes([i]) * 1448) for i in range(5)])
+    iss1 = seq_add(conn.tcb.iss, 1)
+    assert summary(out) == [("A", iss1, hole, 0)] * 5
+    assert len({tcp_of(f).window for f in out}) == 1  # a window change is no duplicate
+    for f in out:
+        if sack:
+            assert sack_blocks(f) == [(seq_add(hole, 1448), seq_add(hole, 6 * 1448))]
+        else:
+            assert "SAck" not in opts(f)
+    assert conn.readable_bytes == 0
+    assert net.delta_tcp() == {"tcp_in_segs": 5, "tcp_out_segs": 5}
+
+
+def test_established_burst_partly_filling_a_hole_acks_the_fill_and_each_later_segment(
+    net: Net, listener: TcpListener
+):
+    """RFC 5681 4.2: an immediate ACK for a segment that partly fills a gap, then dupACKs."""
+    peer = Peer(net)
+    conn = establish(net, listener, peer)
+    iss1 = seq_add(conn.tcb.iss, 1)
+    a = peer.snd_nxt  # segments a and b are lost, c and d arrive
+    b = seq_add(a, 1448)
+    c = seq_add(a, 2 * 1448)
+    peer.snd_nxt = c
+    first = net.feed([peer.ack(b"c" * 1448), peer.ack(b"d" * 1448)])
+    assert summary(first) == [("A", iss1, a, 0)] * 2
+    # One burst: the retransmission of a (b still missing), then e beyond d.
+    fill = peer.ack(b"a" * 1448, seq=a)
+    e = peer.ack(b"e" * 1448)
+    out = net.feed([fill, e])
+    assert summary(out) == [("A", iss1, b, 0)] * 2
+    for f in out:
+        assert sack_blocks(f) == [(c, seq_add(c, 3 * 1448))]
+    assert conn.readable_bytes == 1448
+
+
+def test_established_burst_filling_the_hole_gets_one_ack_and_no_stale_duplicates(
+    net: Net, listener: TcpListener
+):
+    """Reordering inside one burst: the duplicate ACKs owed before the hole filled are
+    not sent with the new acknowledgment number, where they would read as duplicates
+    of it (a false loss signal); the ACK for the fill supersedes them."""
+    peer = Peer(net, sack=False)
+    conn = establish(net, listener, peer)
+    a = peer.snd_nxt
+    peer.snd_nxt = seq_add(a, 1448)
+    later = [peer.ack(bytes([i]) * 1448) for i in range(4)]
+    out = net.feed([*later, peer.ack(b"a" * 1448, seq=a)])
+    assert summary(out) == [("A", seq_add(conn.tcb.iss, 1), seq_add(a, 5 * 1448), 0)]
+    assert conn.readable_bytes == 5 * 1448
+
+
+def test_established_old_duplicates_then_new_data_in_one_burst_get_one_ack(
+    net: Net, listener: TcpListener
+):
+    """Each old duplicate owes an ACK (RFC 9293 3.10.7.4), but new data in the same burst
+    moves RCV.NXT: one ACK for it, not duplicates of the new number."""
+    peer = Peer(net, sack=False)
+    conn = establish(net, listener, peer)
+    a = peer.snd_nxt
+    net.feed([peer.ack(b"a" * 1448), peer.ack(b"b" * 1448)])
+    dups = [peer.ack(b"a" * 1448, seq=a), peer.ack(b"b" * 1448, seq=seq_add(a, 1448))]
+    out = net.feed([*dups, *dups, peer.ack(b"c" * 1448)])
+    assert summary(out) == [("A", seq_add(conn.tcb.iss, 1), seq_add(a, 3 * 1448), 0)]
+    # Alone, each duplicate gets its ACK.
+    out = net.feed(dups)
+    assert summary(out) == [("A", seq_add(conn.tcb.iss, 1), seq_add(a, 3 * 1448), 0)] * 2
 
 
 def test_segment_for_unknown_4tuple_matching_no_listener_port_reset(
@@ -1247,3 +1355,180 @@ def test_tso_segment_with_sack_blocks_is_cut_at_the_reduced_mss():
     # Every piece the device cuts fits a 1500-byte MTU.
     assert 20 + (hlen - 14 - 20) + v.gso_size <= 1500
     assert len(payload(f)) > v.gso_size
+
+
+# ---- path MTU discovery: ICMP fragmentation needed (RFC 1191, RFC 5927) ----------------------
+
+ROUTER = "198.18.0.254"
+
+
+def frag_needed(
+    quote: bytes, mtu: int = 1280, *, dst: str = US, eth_dst: str = US_MAC, src: str = ROUTER
+) -> Any:
+    """A router's ICMP "fragmentation needed and DF set" (type 3 code 4) quoting `quote`."""
+    icmp = ICMP(type=3, code=4, nexthopmtu=mtu)
+    return Ether(dst=eth_dst, src=PEER_MAC) / IP(src=src, dst=dst) / icmp / Raw(quote)
+
+
+def quote_of(frame: Any, *, seq: int | None = None, n: int = 548) -> bytes:
+    """What a router quotes of our datagram: its first `n` bytes (Linux: up to 576 - 28),
+    optionally with the TCP sequence number replaced."""
+    q = bytearray(bytes(frame[IP])[:n])
+    if seq is not None:
+        struct.pack_into("!I", q, 20 + 4, seq)
+    return bytes(q)
+
+
+def pmtu_delta(net: Net) -> dict[str, int]:
+    return {
+        k: v for k, v in net.delta().items() if k.startswith(("icmp_", "drop_icmp_")) or "pmtu" in k
+    }
+
+
+def sending(
+    net: Net, listener: TcpListener, nbytes: int = 10_000
+) -> tuple[TcpConnection, list[Any]]:
+    """An established connection that just sent the initial window of `nbytes` (1448s)."""
+    peer = Peer(net, window=65535)
+    conn = establish(net, listener, peer)
+    assert conn.send(bytes(i % 251 for i in range(nbytes))) == nbytes
+    out = net.flush()
+    assert [len(payload(f)) for f in out] == [1448] * 6  # the 1312-byte tail waits: Nagle
+    assert all(f[IP].flags.DF and f[IP].len == 1500 for f in out)
+    net.mark()
+    return conn, out
+
+
+def test_frag_needed_lowers_mss_and_resends_the_flight_at_once(net: Net, listener: TcpListener):
+    conn, out = sending(net, listener)
+    una = seq_add(conn.tcb.iss, 1)
+    resent = net.feed([frag_needed(quote_of(out[0]))])
+    # MSS 1280 - 40 = 1240, less 12 bytes of timestamps: 1228-byte segments
+    # from SND.UNA on, every datagram within 1280 bytes.
+    assert conn.tcb.smss == 1228
+    assert [(tcp_of(f).seq, len(payload(f))) for f in resent] == [
+        (seq_add(una, 1228 * k), 1228) for k in range(8)
+    ]
+    assert all(f[IP].len == 1280 and f[IP].flags.DF for f in resent)
+    assert b"".join(payload(f) for f in resent) == bytes(i % 251 for i in range(8 * 1228))
+    assert pmtu_delta(net) == {
+        "icmp_in_msgs": 1,
+        "icmp_in_dest_unreachs": 1,
+        "icmp_in_frag_needed": 1,
+        "tcp_pmtu_updates": 1,
+    }
+    st = conn.stats()
+    assert (st["pmtu"], st["rtos"], st["recoveries"]) == (1280, 0, 0)
+
+
+def test_frag_needed_one_per_dropped_segment_lowers_once(net: Net, listener: TcpListener):
+    conn, out = sending(net, listener)
+    resent = net.feed([frag_needed(quote_of(f)) for f in out])
+    assert len(resent) == 8
+    assert pmtu_delta(net) == {
+        "icmp_in_msgs": 6,
+        "icmp_in_dest_unreachs": 6,
+        "icmp_in_frag_needed": 6,
+        "tcp_pmtu_updates": 1,
+        "drop_tcp_pmtu_not_lower": 5,
+    }
+    # A later one with a larger MTU raises nothing (RFC 1191 6.3).
+    assert net.feed([frag_needed(quote_of(resent[0]), 1400)]) == []
+    assert conn.tcb.smss == 1228
+
+
+def test_frag_needed_outside_snd_una_to_snd_max_is_ignored(net: Net, listener: TcpListener):
+    conn, out = sending(net, listener)
+    tcb = conn.tcb
+    # RFC 5927 4.1: SND.UNA <= SEG.SEQ < SND.MAX, else a blind forgery.
+    frames = [
+        frag_needed(quote_of(out[0], seq=seq_add(tcb.snd_una, -1))),
+        frag_needed(quote_of(out[0], seq=tcb.snd_max)),
+        frag_needed(quote_of(out[0], seq=seq_add(tcb.snd_max, 100_000))),
+    ]
+    assert net.feed(frames) == []
+    assert tcb.smss == 1448
+    assert pmtu_delta(net) == {
+        "icmp_in_msgs": 3,
+        "icmp_in_dest_unreachs": 3,
+        "icmp_in_frag_needed": 3,
+        "drop_icmp_frag_needed_out_of_window": 3,
+    }
+
+
+def test_frag_needed_for_no_connection_is_ignored(net: Net, listener: TcpListener):
+    conn, out = sending(net, listener)
+    q = bytearray(quote_of(out[0]))
+    struct.pack_into("!H", q, 20 + 2, 40001)  # another remote port
+    assert net.feed([frag_needed(bytes(q))]) == []
+    assert conn.tcb.smss == 1448
+    assert pmtu_delta(net) == {
+        "icmp_in_msgs": 1,
+        "icmp_in_dest_unreachs": 1,
+        "icmp_in_frag_needed": 1,
+        "drop_icmp_frag_needed_no_conn": 1,
+    }
+
+
+def _udp_quote() -> bytes:
+    return bytes(IP(src=US, dst=PEER, flags="DF") / UDP(sport=5000, dport=53) / Raw(b"q" * 40))
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("truncated", "drop_icmp_bad_quote"),
+        ("not-ipv4", "drop_icmp_bad_quote"),
+        ("not-from-us", "drop_icmp_bad_quote"),
+        ("later-fragment", "drop_icmp_bad_quote"),
+        ("udp", "drop_icmp_frag_needed_not_tcp"),
+        ("broadcast", "drop_icmp_frag_needed_not_unicast"),
+    ],
+)
+def test_frag_needed_malformed_or_not_ours_is_dropped_and_counted(
+    net: Net, listener: TcpListener, case: str, reason: str
+):
+    conn, out = sending(net, listener)
+    good = quote_of(out[0])
+    if case == "truncated":
+        frame = frag_needed(good[: 20 + 7])  # RFC 792: at least 8 bytes past the header
+    elif case == "not-ipv4":
+        frame = frag_needed(b"\x65" + good[1:])
+    elif case == "not-from-us":
+        frame = frag_needed(good[:12] + bytes([198, 18, 0, 9]) + good[16:])
+    elif case == "later-fragment":
+        frame = frag_needed(good[:6] + b"\x40\x10" + good[8:])
+    elif case == "udp":
+        frame = frag_needed(_udp_quote())
+    else:
+        frame = frag_needed(good, dst="198.18.0.255", eth_dst=BCAST_MAC)
+    assert net.feed([frame]) == []
+    assert conn.tcb.smss == 1448
+    assert pmtu_delta(net) == {
+        "icmp_in_msgs": 1,
+        "icmp_in_dest_unreachs": 1,
+        "icmp_in_frag_needed": 1,
+        reason: 1,
+    }
+
+
+def test_frag_needed_with_offload_shrinks_the_tso_segment_size():
+    net = Net(vnet=True, slot_size=SLOT_GSO)
+    listener = net.tcp.listen(PORT)
+    peer = Peer(net, window=65535)
+    conn = establish(net, listener, peer)
+    net.take_vnet()
+    assert conn.send(bytes(100_000)) == 100_000
+    (f,) = net.flush()
+    (v,) = net.take_vnet()
+    assert v is not None and v.gso_size == 1448
+    (resent,) = net.feed([frag_needed(quote_of(f))])
+    (v,) = net.take_vnet()
+    hlen = 14 + 20 + 32
+    assert v == VnetHeader(VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, hlen, 1228, 34, 16)
+    # From SND.UNA, a whole number of 1228-byte segments (the initial window
+    # recomputed for the new MSS: 10 of them).
+    assert tcp_of(resent).seq == seq_add(conn.tcb.iss, 1)
+    assert len(payload(resent)) == 10 * 1228
+    assert 20 + 32 + v.gso_size == 1280
+    assert net.delta_tcp()["tcp_pmtu_updates"] == 1

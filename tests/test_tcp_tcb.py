@@ -17,7 +17,7 @@ from typing import NamedTuple
 import pytest
 
 from ustack.tcp.seq import seq_add
-from ustack.tcp.tcb import OutSegment, State, Tcb, TcpConfig, TcpDrop
+from ustack.tcp.tcb import MAX_ACKS_PER_DISPATCH, OutSegment, State, Tcb, TcpConfig, TcpDrop
 from ustack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment
 
 LOCAL = (0xC6120002, 80)
@@ -610,7 +610,58 @@ def test_established_out_of_order_ranges_are_bounded() -> None:
     rx(tcb, T1 + MS, s(R0 + 300), L0, ACK, b"c")  # a third range: refused
     assert tcb.stats()["ooo_bytes"] == 2
     assert tcb.counters == {TcpDrop.OOO_RANGES: 1}
-    expect(tcb, T1 + MS, Seg(L0, R0, ACK, 4000))
+    # Each out-of-order segment has its duplicate ACK, the refused one too.
+    expect(tcb, T1 + MS, *[Seg(L0, R0, ACK, 4000)] * 3)
+
+
+def test_established_out_of_order_segments_before_one_dispatch_each_get_a_dupack() -> None:
+    """RFC 5681 4.2: the Stack dispatches once per burst; every out-of-order segment
+    of the burst still gets its own duplicate ACK, with the SACK blocks of the flush."""
+    tcb = established(plain(sack=True), sack_permitted=True)
+    for i in range(4):
+        rx(tcb, T1 + MS, s(R0 + 500 + 100 * i), L0, ACK, b"b" * 100)
+    dup = Seg(L0, R0, ACK, 4000, sack_blocks=((s(R0 + 500), s(R0 + 900)),))
+    expect(tcb, T1 + MS, *[dup] * 4)
+    assert tcb.segs_out == 2 + 4  # SYN, handshake ACK, four duplicate ACKs
+
+
+def test_established_owed_dupacks_go_as_pure_acks_beside_data() -> None:
+    """A segment with data is no duplicate ACK (RFC 5681 2): the owed ACKs still go."""
+    tcb = established()
+    rx(tcb, T1 + MS, s(R0 + 500), L0, ACK, b"b" * 100)
+    rx(tcb, T1 + MS, s(R0 + 600), L0, ACK, b"c" * 100)
+    assert tcb.send(b"reply") == 5
+    expect(
+        tcb,
+        T1 + MS,
+        Seg(L0, R0, ACK | PSH, 4000, b"reply"),
+        Seg(s(L0 + 5), R0, ACK, 4000),
+        Seg(s(L0 + 5), R0, ACK, 4000),
+    )
+
+
+def test_established_hole_fill_restarts_the_count_at_the_new_rcv_nxt() -> None:
+    tcb = established()
+    rx(tcb, T1 + MS, s(R0 + 1000), L0, ACK, b"c" * 500)  # owed at R0
+    rx(tcb, T1 + MS, s(R0 + 1500), L0, ACK, b"d" * 500)  # owed at R0
+    rx(tcb, T1 + MS, R0, L0, ACK, b"a" * 500)  # partly fills: owed at R0 + 500
+    rx(tcb, T1 + MS, s(R0 + 2000), L0, ACK, b"e" * 500)  # owed at R0 + 500
+    expect(tcb, T1 + MS, *[Seg(L0, s(R0 + 500), ACK, 3500)] * 2)
+    # Filled wholly, then in-order data on the fast path: one ACK for all.
+    rx(tcb, T1 + 2 * MS, s(R0 + 2500), L0, ACK, b"f" * 500)  # owed at R0 + 500
+    rx(tcb, T1 + 2 * MS, s(R0 + 500), L0, ACK, b"b" * 500)  # fills: owed at R0 + 3000
+    rx(tcb, T1 + 2 * MS, s(R0 + 3000), L0, ACK, b"g" * 500)  # in order, RCV.NXT moves
+    expect(tcb, T1 + 2 * MS, Seg(L0, s(R0 + 3500), ACK, 500))
+
+
+def test_established_immediate_acks_per_dispatch_are_bounded() -> None:
+    tcb = established(plain(rcvbuf=65535, mss=500))
+    for i in range(100):
+        rx(tcb, T1 + MS, s(R0 + 500 + i), L0, ACK, b"x")
+    out = tcb.dispatch(T1 + MS)
+    assert len(out) == MAX_ACKS_PER_DISPATCH
+    assert {(o.seq, o.ack, o.flags, len(o.payload)) for o in out} == {(L0, R0, ACK, 0)}
+    assert tcb.dispatch(T1 + MS) == []
 
 
 def test_established_data_partly_beyond_window_is_trimmed_and_acked() -> None:
@@ -1733,3 +1784,189 @@ def test_stats_reads_like_ss() -> None:
     assert st["retransmits"] == 0
     assert st["cwnd"] == tcb.cwnd and st["ssthresh"] == tcb.ssthresh
     assert st["congestion_control"] == "cubic"
+
+
+# ==========================================================================
+# path MTU discovery (RFC 1191, RFC 5927): on_path_mtu
+# ==========================================================================
+
+PMTU_CFG = plain(mss=1460, sndbuf=16000)
+"""MSS 1460 both ways (a 1500-byte path), no options: segments are 1500-byte datagrams."""
+
+
+def _pmtu_sending(
+    config: TcpConfig = PMTU_CFG, nbytes: int = 4380, peer_window: int = PEER_WIN, **opts: object
+) -> Tcb:
+    """Established at T1 with MSS 1460, two segments sent and ACKed (cwnd is no longer
+    the untouched initial window), then `nbytes` more sent at T1 + 10 ms."""
+    opts.setdefault("mss", 1460)
+    tcb = established(config, peer_window, **opts)
+    tcb.send(b"a" * 2 * tcb.smss)
+    tcb.dispatch(T1)
+    ack_all(tcb, T1 + 10 * MS, window=peer_window)
+    assert tcb.cwnd == 10 * tcb.smss  # IW, not grown: the sender was not cwnd-limited
+    tcb.send(b"p" * nbytes)
+    tcb.dispatch(T1 + 10 * MS)
+    return tcb
+
+
+def test_established_path_mtu_resends_the_flight_in_smaller_segments_keeping_cwnd() -> None:
+    tcb = _pmtu_sending()
+    ssthresh = tcb.ssthresh
+    t = T1 + 11 * MS
+    # A router's next hop takes 1280 bytes: MSS 1280 - 40 = 1240.
+    assert tcb.on_path_mtu(1280, t)
+    assert (tcb.smss, tcb.stats()["pmtu"]) == (1240, 1280)
+    # Every 1460-byte segment was dropped: all of it again, at once, in 1240s
+    # (Linux's tcp_simple_retransmit), cwnd and ssthresh as they were.
+    expect(
+        tcb,
+        t,
+        Seg(s(L0 + 2920), R0, ACK, 4000, b"p" * 1240),
+        Seg(s(L0 + 4160), R0, ACK, 4000, b"p" * 1240),
+        Seg(s(L0 + 5400), R0, ACK, 4000, b"p" * 1240),
+        Seg(s(L0 + 6640), R0, ACK | PSH, 4000, b"p" * 660),
+    )
+    assert (tcb.cwnd, tcb.ssthresh) == (14600, ssthresh)
+    st = tcb.stats()
+    assert (st["retransmits"], st["rtos"], st["backoffs"], st["recoveries"]) == (4, 0, 0, 0)
+    assert tcb.poll_at() == t + 200 * MS  # the retransmission timer restarted, not backed off
+    # Duplicate ACKs for the old flight start no fast retransmit (recover = SND.MAX).
+    for k in range(3):
+        rx(tcb, t + (1 + k) * MS, R0, s(L0 + 2920), ACK)
+    assert not tcb.in_recovery
+    rx(tcb, t + 10 * MS, R0, s(L0 + 7300), ACK)
+    assert tcb.snd_una == s(L0 + 7300) and not tcb.in_recovery
+    # New data goes in the new size (the 60-byte tail waits: Nagle).
+    tcb.send(b"n" * 1300)
+    expect(tcb, t + 10 * MS, Seg(s(L0 + 7300), R0, ACK, 4000, b"n" * 1240))
+
+
+def test_established_path_mtu_never_raised_and_repeats_ignored() -> None:
+    tcb = _pmtu_sending()
+    t = T1 + 11 * MS
+    assert tcb.on_path_mtu(1280, t)
+    assert len(tcb.dispatch(t)) == 4
+    # One ICMP per dropped segment: the others say the same and change nothing.
+    assert not tcb.on_path_mtu(1280, t + MS)
+    assert not tcb.on_path_mtu(1400, t + MS)  # larger: never raised from ICMP (RFC 1191 6.3)
+    assert not tcb.on_path_mtu(1500, t + MS)
+    expect(tcb, t + MS)
+    assert tcb.smss == 1240
+    assert tcb.counters == {TcpDrop.PMTU_NOT_LOWER: 3}
+    # An MTU that would not lower the MSS of the handshake is ignored as well.
+    tcb = _pmtu_sending()
+    assert not tcb.on_path_mtu(1500, t)
+    expect(tcb, t)
+    assert tcb.smss == 1460
+
+
+def test_established_path_mtu_floor_is_552() -> None:
+    tcb = _pmtu_sending()
+    t = T1 + 11 * MS
+    # Linux's min_pmtu: an ICMP cannot shrink segments below 512 bytes (RFC 5927 5.2).
+    assert tcb.on_path_mtu(296, t)
+    assert (tcb.smss, tcb.stats()["pmtu"]) == (512, 552)
+    segs = tcb.dispatch(t)
+    assert [len(o.payload) for o in segs] == [512] * 8 + [284]
+    assert not tcb.on_path_mtu(68, t + MS)  # RFC 791's minimum: still the floor
+    assert tcb.smss == 512
+
+
+def test_established_path_mtu_zero_uses_the_plateau_below_the_quoted_datagram() -> None:
+    tcb = _pmtu_sending()
+    t = T1 + 11 * MS
+    # RFC 1191 5 and 7: an old router says 0; the datagram was 1500 bytes.
+    assert tcb.on_path_mtu(0, t, datagram_len=1500)
+    assert tcb.smss == 1492 - 40
+    tcb.dispatch(t)
+    # More such errors about the same 1500-byte datagrams lower nothing.
+    assert not tcb.on_path_mtu(0, t + MS, datagram_len=1500)
+    # One about a 1492-byte datagram: the next plateau, 1006.
+    assert tcb.on_path_mtu(0, t + 2 * MS, datagram_len=1492)
+    assert tcb.smss == 1006 - 40
+    # Without the datagram's length: the plateau below the MTU in use (508),
+    # held at the floor of 552.
+    assert tcb.on_path_mtu(0, t + 3 * MS)
+    assert tcb.smss == 512
+
+
+def test_established_path_mtu_with_timestamps_takes_the_option_off() -> None:
+    cfg = plain(mss=1460, sndbuf=16000, timestamps=True)
+    tcb = _pmtu_sending(cfg, ts=(1000, 0))
+    assert tcb.smss == 1448
+    assert tcb.on_path_mtu(1280, T1 + 11 * MS)
+    assert tcb.smss == 1240 - 12
+    segs = tcb.dispatch(T1 + 11 * MS)
+    assert [(o.seq, len(o.payload)) for o in segs] == [
+        (s(L0 + 2896), 1228),
+        (s(L0 + 4124), 1228),
+        (s(L0 + 5352), 1228),
+        (s(L0 + 6580), 696),
+    ]
+
+
+def test_established_path_mtu_tso_segments_follow_the_new_mss() -> None:
+    cfg = plain(mss=1460, sndbuf=16000, tso_max_bytes=6000)
+    tcb = _pmtu_sending(cfg, nbytes=8760, peer_window=65535)
+    t = T1 + 11 * MS
+    assert tcb.on_path_mtu(1280, t)
+    # The device cuts at smss (gso_size): 1240; a TSO segment is a whole
+    # number of them, at most 6000 bytes.
+    assert tcb.sack_mss(0) == 1240
+    expect(
+        tcb,
+        t,
+        Seg(s(L0 + 2920), R0, ACK, 4000, b"p" * 4960),
+        Seg(s(L0 + 7880), R0, ACK | PSH, 4000, b"p" * 3800),
+    )
+
+
+def test_established_path_mtu_in_sack_recovery_resends_unsacked_ranges_in_the_new_size() -> None:
+    cfg = plain(mss=1460, sndbuf=16000, sack=True)
+    tcb = _pmtu_sending(cfg, nbytes=8760, peer_window=65535, sack_permitted=True)
+    t = T1 + 11 * MS
+    # Segments 3..5 of six arrived (say the route changed under them): RACK
+    # marks 0..2 lost and recovery resends them, in the old size, as cwnd
+    # allows.
+    rx(tcb, t, R0, s(L0 + 2920), ACK, sack_blocks=_sack((7300, 11680)))
+    assert tcb.in_recovery
+    cwnd = tcb.cwnd
+    assert cwnd == 6132  # CUBIC: 0.7 * 8760 in flight
+    expect(tcb, t, *[Seg(s(L0 + 2920 + k * 1460), R0, ACK, 4000, b"p" * 1460) for k in range(3)])
+    # Then the ICMP: everything not SACKed is lost (the retransmissions too)
+    # and goes again, each lost segment cut to the new MSS (as Linux's
+    # tcp_retransmit_skb fragments it); the SACKed range does not; recovery
+    # goes on with cwnd as it was (pipe is 0: 4380 bytes fit in 6132).
+    assert tcb.on_path_mtu(1280, t + MS)
+    expect(
+        tcb,
+        t + MS,
+        *[
+            Seg(s(L0 + 2920 + k * 1460 + off), R0, ACK, 4000, b"p" * n)
+            for k in range(3)
+            for off, n in ((0, 1240), (1240, 220))
+        ],
+    )
+    assert tcb.in_recovery and tcb.cwnd == cwnd
+    rx(tcb, t + 20 * MS, R0, s(L0 + 11680), ACK)
+    assert not tcb.in_recovery
+    assert tcb.recoveries == 1  # the ICMP started none of its own
+
+
+def test_established_path_mtu_with_nothing_in_flight_only_lowers_the_mss() -> None:
+    tcb = established(PMTU_CFG, mss=1460)
+    assert tcb.on_path_mtu(1280, T1 + MS)
+    expect(tcb, T1 + MS)
+    tcb.send(b"x" * 2000)
+    # The 760-byte tail waits for the ACK (Nagle).
+    expect(tcb, T1 + 2 * MS, Seg(L0, R0, ACK, 4000, b"x" * 1240))
+
+
+def test_syn_sent_path_mtu_is_ignored_and_counted() -> None:
+    tcb = Tcb.connect(LOCAL, REMOTE, ISS, T0, PMTU_CFG)
+    tcb.dispatch(T0)
+    assert not tcb.on_path_mtu(1280, T0 + MS)
+    assert tcb.counters == {TcpDrop.PMTU_STATE: 1}
+    rx(tcb, T1, IRS, L0, SYN | ACK, mss=1460)
+    assert tcb.smss == 1460

@@ -12,11 +12,14 @@ the neighbour cache and reassembly timers; `next_deadline_us()` says when
 it next has work.
 
 RFCs: 826 (ARP), 791 and 1122 (IPv4 host), 815 (reassembly), 792 and 1812
-4.3.2 (ICMP errors and their rate limit), 768 (UDP).
+4.3.2 (ICMP errors and their rate limit), 768 (UDP), 1191 and 5927 (path
+MTU discovery: an ICMP "fragmentation needed" that quotes one of our TCP
+segments goes to the TCP layer, which checks it further).
 """
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from collections.abc import Callable
 
@@ -44,11 +47,13 @@ from ustack.wire.icmp import (
     ECHO_REPLY,
     ECHO_REQUEST,
     ICMP_HLEN,
+    UNREACH_FRAG_NEEDED,
     UNREACH_PORT,
     UNREACH_PROTOCOL,
     emit_dest_unreachable,
     emit_icmp,
     parse_icmp,
+    parse_quoted_ipv4,
 )
 from ustack.wire.ipv4 import (
     IPV4_HLEN,
@@ -71,6 +76,7 @@ _CSUM_VOUCHED = VNET_F_DATA_VALID | VNET_F_NEEDS_CSUM
 # Where a datagram's IP header is, for quoting it in an ICMP error.
 _REASSEMBLED = -1  # not in the buffer: rebuild it
 _NO_ERROR = -2  # the datagram must not cause an ICMP error at all
+_QUOTED_TCP = struct.Struct("!HHI")  # source port, destination port, sequence number
 
 
 def _martian_source(src: int) -> bool:
@@ -384,8 +390,36 @@ class Stack:
             c["icmp_in_echo_reps"] += 1
         elif ic.type == DEST_UNREACH:
             c["icmp_in_dest_unreachs"] += 1
+            if ic.code == UNREACH_FRAG_NEEDED:
+                self._input_frag_needed(h, ic.rest, buf, off + ICMP_HLEN, length - ICMP_HLEN)
         else:
             c["icmp_in_other"] += 1
+
+    def _input_frag_needed(
+        self, h: IPv4Header, rest: int, buf: bytes | bytearray | memoryview, off: int, length: int
+    ) -> None:
+        """ICMP fragmentation needed (RFC 1191 4); the quote is buf[off : off + length].
+
+        Only TCP sends with DF, so only a quote of one of our TCP segments
+        with at least its first 8 bytes (ports and sequence number, RFC 792)
+        goes on, to the TCP layer; the next-hop MTU is the low 16 bits of
+        the header's rest (RFC 1191 4).  Like Linux, an ICMP error sent to a
+        broadcast address is not believed.
+        """
+        c = self.counters
+        c["icmp_in_frag_needed"] += 1
+        if h.dst != self.iface.addr:
+            c["drop_icmp_frag_needed_not_unicast"] += 1
+            return
+        q = parse_quoted_ipv4(buf, off, length)
+        if q is None or q.src != self.iface.addr or q.l4_len < _QUOTED_TCP.size:
+            c["drop_icmp_bad_quote"] += 1
+            return
+        if q.proto != PROTO_TCP:
+            c["drop_icmp_frag_needed_not_tcp"] += 1
+            return
+        sport, dport, seq = _QUOTED_TCP.unpack_from(buf, q.l4_off)
+        self.tcp.on_frag_needed(q.dst, dport, sport, seq, rest & 0xFFFF, q.total_len, self._now_us)
 
     # -- output ----------------------------------------------------------------
 

@@ -10,11 +10,24 @@ marked dirty; `output`, run once per receive burst (ARCHITECTURE.md rule
 3), first tells the application (`on_event`), so its reply joins the
 burst, and then asks each dirty control block for its segments and writes
 them into transmit slots: one ACK per connection per burst, data
-piggybacked.
+piggybacked.  For in-order data that is a deliberate stretch ACK (one
+cumulative ACK for the whole burst); a segment that wants an immediate
+ACK of its own (out of order, filling a hole, unacceptable: RFC 5681
+4.2, RFC 9293 3.10.7.4) still gets one, since the control block counts
+them and its `dispatch` returns that many pure ACKs (see "Delayed ACK"
+in `ustack.tcp.tcb`).
 
 Timers cost nothing per idle connection: a heap holds at most one live
 entry per connection, pushed only when a control block's next deadline
 moves earlier; entries that went stale are skipped when they come up.
+
+Path MTU discovery (RFC 1191).  Segments leave with DF set.  The Stack
+hands an ICMP "fragmentation needed" that quotes one of our segments to
+`on_frag_needed`, which finds the connection and checks that the quoted
+sequence number is in flight, SND.UNA <= SEG.SEQ < SND.MAX (RFC 5927
+4.1: a blind attacker must guess it), before the control block lowers
+its MSS and resends (`Tcb.on_path_mtu`).  Anything else is ignored and
+counted.
 
 Offloads.  On a device with virtio-net headers (the Ring opened with
 offloads), checksums are left to the device (NEEDS_CSUM) and a segment
@@ -42,6 +55,7 @@ from ustack.dev.base import VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_GSO_TCPV4, Vn
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.listener import Listener, reset_for
 from ustack.tcp.ports import EphemeralPorts
+from ustack.tcp.seq import seq_ge, seq_lt
 from ustack.tcp.syncookie import SynCookies
 from ustack.tcp.tcb import OutSegment, State, Tcb, TcpConfig
 from ustack.wire.drop import Drop
@@ -450,6 +464,36 @@ class TcpLayer:
         self.counters["tcp_out_rsts"] += 1
         self._emit(h.src, seg.dport, seg.sport, OutSegment(seq, ack, flags, 0), None)
 
+    def on_frag_needed(
+        self,
+        remote_ip: int,
+        remote_port: int,
+        local_port: int,
+        seq: int,
+        mtu: int,
+        datagram_len: int,
+        now_us: int,
+    ) -> None:
+        """ICMP fragmentation needed (RFC 1191) quoting our segment `seq` to remote_ip:remote_port.
+
+        `mtu` is the next-hop MTU (0 from an old router), `datagram_len` the
+        quoted datagram's total length.  The ICMP is believed only for a
+        connection that exists and a sequence number in flight (RFC 5927
+        4.1, as Linux's tcp_v4_err does); then the control block decides.
+        """
+        c = self.counters
+        conn = self.conns.get(_key(remote_ip, remote_port, local_port))
+        if conn is None:
+            c["drop_icmp_frag_needed_no_conn"] += 1
+            return
+        tcb = conn.tcb
+        if not (seq_ge(seq, tcb.snd_una) and seq_lt(seq, tcb.snd_max)):
+            c["drop_icmp_frag_needed_out_of_window"] += 1
+            return
+        if tcb.on_path_mtu(mtu, now_us, datagram_len=datagram_len):
+            c["tcp_pmtu_updates"] += 1
+            self.touch(conn)
+
     # -- output ------------------------------------------------------------------
 
     def output(self, now_us: int) -> None:
@@ -468,6 +512,10 @@ class TcpLayer:
             i += 1
             conn._dirty = False
             tcb = conn.tcb
+            # Once per connection per burst (ARCHITECTURE.md rule 3): in-order
+            # data gets one cumulative, deliberately stretched ACK; segments
+            # that asked for an ACK of their own come back as that many pure
+            # ACKs (the control block's `_owe_ack`).
             segs = tcb.dispatch(now_us)
             if segs:
                 rip, rport = tcb.remote

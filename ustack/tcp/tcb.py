@@ -35,7 +35,10 @@ every receive burst and after the application ran (ARCHITECTURE.md rule
 3), so one segment carries the ACK for everything the burst brought, and
 the reply data of the application rides on it.  A delayed or suppressed
 ACK is therefore just a flag (`ack now`, or a deadline) that `dispatch`
-reads; nothing is sent from inside `on_segment`.
+reads; nothing is sent from inside `on_segment`.  The exception is a
+segment that wants an immediate ACK of its own (out of order, filling a
+hole, unacceptable, a challenge): those are counted, and `dispatch`
+sends one pure ACK for each (see "Delayed ACK" below).
 
 `local` and `remote` are (IPv4 address, port) pairs of ints.  `seg` is
 the parsed header (`ustack.wire.tcp.TcpSegment`); `payload` is the data,
@@ -148,7 +151,8 @@ In order: RST replies and an abort's RST; the SYN or SYN-ACK (also its
 retransmission); a loss probe; a fast retransmission of the first
 unacknowledged segment (with SACK, of the first range marked lost);
 new data and the FIN as windows allow; a zero-window or keepalive
-probe; a pure ACK if one is owed.  Every segment with ACK
+probe; a pure ACK if one is owed, or one per segment that asked for an
+immediate ACK of its own.  Every segment with ACK
 carries the current RCV.NXT, window and, once negotiated, timestamps and
 SACK blocks (most recent first, RFC 2018 4), so any of them settles an
 owed ACK.
@@ -181,6 +185,24 @@ a window update after the application read: when the window we could
 offer is at least twice what is left of the advertised one, and that is
 at most half the maximum window (Linux's __tcp_cleanup_rbuf).  Linux's
 quick-ACK mode at the start of a connection is not imitated.
+
+"At once" means at the next `dispatch`, which the Stack runs once per
+receive burst (ARCHITECTURE.md rule 3).  For in-order data that makes a
+deliberate stretch ACK: however many segments a burst brings, one
+cumulative ACK covers them (RFC 5681 4.2 asks for one per second
+full-sized segment; batching is the agreed trade, and a sender that
+counts bytes acknowledged, RFC 3465 or Linux, grows its window the same).
+It must not merge the ACKs that signal a hole, though: a sender without
+SACK counts duplicate ACKs per packet (RFC 5681 3.2), and five
+out-of-order segments in one burst must bring it five.  So each segment
+that wants an immediate ACK of its own (out of order, filling a hole,
+beyond the window, unacceptable, a challenge ACK) is counted
+(`_owe_ack`), and `dispatch` sends that many identical pure ACKs, with
+the SACK blocks of the flush, at most `MAX_ACKS_PER_DISPATCH`.  They
+name the RCV.NXT of the flush, so the count restarts when RCV.NXT moves
+(a hole filled: ACKs owed for the old number would read as duplicates
+of the new one), and collapses to one ACK when in-order data or a FIN
+after the last counted segment moved it.  The fast path never counts.
 
 Timers (one deadline each; `poll_at` is their minimum):
 - retransmission (RFC 6298): runs while data, SYN or FIN is
@@ -284,10 +306,33 @@ The peer's MSS option is clamped to at least 48 bytes (Linux's
 tcp_min_snd_mss, against CVE-2019-11477-style resource exhaustion);
 without the option it is 536 (RFC 9293 3.7.1).
 
+Path MTU discovery (RFC 1191, with RFC 5927's checks): segments leave
+with DF set, and a router whose next hop is too small drops them and
+answers with ICMP "fragmentation needed".  The Stack matches the quoted
+segment to its connection and checks SND.UNA <= SEG.SEQ < SND.MAX (RFC
+5927 4.1) before calling `on_path_mtu(mtu, now_us)`.  The send MSS becomes
+mtu - 40 (IPv4 and TCP headers; timestamps are taken off as at the
+handshake), never below `PMTU_MIN` - 40 = 512 (Linux's min_pmtu of 552,
+which keeps a forged ICMP from shrinking segments to a few bytes, RFC 5927
+5.2) and never raised by ICMP (RFC 1191 6.3); an ICMP that would not lower
+it is ignored and counted.  A next-hop MTU of 0 (a router older than RFC
+1191) means the plateau below the quoted datagram's length (RFC 1191 5 and
+7).  What is in flight was sent in the old size, so it is sent again at
+once in the new one, as Linux's tcp_simple_retransmit does: every unSACKed
+byte in flight counts as lost (the transmission record keeps ranges, not
+segments, so a short segment that did get through is sent again too), the
+sender goes back to SND.UNA as after a timeout, and `recover` is moved to
+SND.MAX so that the duplicate ACKs of the repair start no fast
+retransmit.  Unlike a timeout this is no congestion signal: cwnd and
+ssthresh keep their values and the RTO does not back off (a SACK recovery
+that runs already goes on, resending the ranges now marked lost).  With
+TSO the segment cap, and so the device's segment size, follow the new MSS.
+
 Not implemented: urgent data (RFC 6093 deprecates it; URG is ignored),
 undo of spurious reductions, RACK after a timeout (lost retransmissions
 of the go-back wait for the next timeout, where Linux's RACK still marks
-them), ECN, path MTU discovery, data on SYN (it is ignored; the peer
+them), ECN, raising the path MTU again (RFC 1191 6.3's probe after ten
+minutes) or PLPMTUD (RFC 4821), data on SYN (it is ignored; the peer
 retransmits it), TCP Fast Open, pacing.
 """
 
@@ -328,6 +373,10 @@ DEFAULT_PEER_MSS: Final = 536
 """MSS assumed when the peer's SYN has no MSS option (RFC 9293 3.7.1, RFC 1122 4.2.2.6)."""
 MIN_PEER_MSS: Final = 48
 """Smallest peer MSS honoured (Linux's tcp_min_snd_mss)."""
+PMTU_MIN: Final = 552
+"""Smallest path MTU ICMP can make us use: Linux's ip_rt_min_pmtu (512 + 20 + 20)."""
+PMTU_PLATEAUS: Final = (65535, 32000, 17914, 8166, 4352, 2002, 1492, 1006, 508, 296, 68)
+"""RFC 1191 7: MTU estimates for a "fragmentation needed" without a next-hop MTU."""
 PAWS_IDLE_US: Final = 24 * 86_400 * 1_000_000
 """RFC 7323 5.5: TS.Recent is invalid after 24 days of idleness."""
 TS_OPTION_LEN: Final = 12
@@ -342,6 +391,12 @@ TLP_SLACK_US: Final = 2_000
 """Added to 2 * SRTT when more than one segment is in flight (Linux's TCP_TIMEOUT_MIN)."""
 RACK_PERSIST_RECOVERIES: Final = 16
 """RFC 8985 6.2 step 4: recoveries a D-SACK-widened reordering window survives."""
+MAX_ACKS_PER_DISPATCH: Final = 64
+"""Most immediate ACKs one dispatch sends, one per segment that asked for one.
+
+A burst holds at most the Context's budget of segments (64 by default), so
+this is only a guard (ARCHITECTURE.md rule 8: what the network can grow
+is bounded); three duplicate ACKs are what a sender without SACK needs."""
 
 # Transmission record flags (RACK-TLP).
 _RK_SACKED: Final = 1
@@ -430,6 +485,10 @@ class TcpDrop(enum.StrEnum):
     """A challenge ACK not sent: the per-connection bucket was empty."""
     OOW_ACK_LIMITED = "drop_tcp_oow_ack_limited"
     """An ACK for an unacceptable segment not sent: rate limit."""
+    PMTU_NOT_LOWER = "drop_tcp_pmtu_not_lower"
+    """ICMP fragmentation needed that would not lower the send MSS (RFC 1191 6.3)."""
+    PMTU_STATE = "drop_tcp_pmtu_state"
+    """ICMP fragmentation needed in a state that sends no data (handshake, FIN-WAIT-2, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,6 +615,8 @@ class Tcb:
 
     __slots__ = (
         "_ack_now",
+        "_acks_owed",
+        "_acks_owed_at",
         "_active",
         "_app_closed",
         "_cc",
@@ -578,6 +639,7 @@ class Tcb:
         "_oow_last_us",
         "_persist_backoff",
         "_persist_deadline",
+        "_pmtu",
         "_probe_due",
         "_rack_dsack_round",
         "_rack_end",
@@ -696,6 +758,7 @@ class Tcb:
         self.smss = self._mss_base
         self._rcv_mss = mss
         self._seg_cap = self.smss
+        self._pmtu = config.mtu  # the path MTU as far as we know (lowered by on_path_mtu)
         self._syn_opts = (config.timestamps, config.sack, config.window_scaling)
         self._syn_window = 0
         self._ts_ok = False
@@ -720,6 +783,8 @@ class Tcb:
         self._rcv_fin = False
         self._fin_rcv_seq: int | None = None
         self._ack_now = False
+        self._acks_owed = 0  # immediate ACKs owed, one per segment that asked (see _owe_ack)
+        self._acks_owed_at = 0  # RCV.NXT when they were counted
         self._delack_bytes = 0
         self._send_rst = False
         self._rst_out: list[tuple[int, int, int]] = []
@@ -887,16 +952,8 @@ class Tcb:
             self.snd_wscale = 0
             self.rcv_wscale = 0
         peer_mss = DEFAULT_PEER_MSS if syn.mss is None else max(syn.mss, MIN_PEER_MSS)
-        self._mss_base = min(peer_mss, cfg.effective_mss)
-        opt = TS_OPTION_LEN if self._ts_ok else 0
-        self.smss = max(self._mss_base - opt, 1)
-        self._rcv_mss = max(self._mss_base - opt, 1)
-        tso = cfg.tso_max_bytes
-        if tso is not None and tso > self.smss:
-            self._seg_cap = tso - tso % self.smss
-        else:
-            self._seg_cap = self.smss
-        self._cc.set_mss(self.smss)
+        self._set_send_mss(min(peer_mss, cfg.effective_mss))
+        self._rcv_mss = self.smss
         self.snd_wnd = syn.window  # never scaled in a SYN (RFC 7323 2.2)
         self.max_snd_wnd = syn.window
         self.snd_wl1 = syn.seq
@@ -1080,6 +1137,7 @@ class Tcb:
             "rto_us": self._rtt.rto_us,
             "smss": self.smss,
             "rcv_mss": self._rcv_mss,
+            "pmtu": self._pmtu,
             "snd_wnd": self.snd_wnd,
             "rcv_wnd": max(seq_sub(self.rcv_adv, self.rcv_nxt), 0),
             "snd_wscale": self.snd_wscale,
@@ -1132,6 +1190,19 @@ class Tcb:
         """Data bytes per segment when a segment carries `blocks` SACK blocks."""
         return self.smss - (4 + 8 * blocks if blocks else 0)
 
+    def _set_send_mss(self, base: int) -> None:
+        """SMSS from `base`, the MSS before options (handshake, path MTU discovery).
+
+        Takes the timestamp option's bytes off, sets the TSO segment cap to a
+        whole number of segments and tells congestion control.
+        """
+        self._mss_base = base
+        smss = max(base - (TS_OPTION_LEN if self._ts_ok else 0), 1)
+        self.smss = smss
+        tso = self.config.tso_max_bytes
+        self._seg_cap = tso - tso % smss if tso is not None and tso > smss else smss
+        self._cc.set_mss(smss)
+
     def _count(self, reason: TcpDrop) -> None:
         c = self.counters
         c[reason] = c.get(reason, 0) + 1
@@ -1143,7 +1214,7 @@ class Tcb:
     def _challenge_ack(self, now_us: int) -> None:
         """RFC 5961 7: send an ACK unless the per-connection bucket is empty."""
         if self._challenge_bucket.take(now_us):
-            self._ack_now = True
+            self._owe_ack()
         else:
             self._count(TcpDrop.CHALLENGE_LIMITED)
 
@@ -1155,7 +1226,33 @@ class Tcb:
                 self._count(TcpDrop.OOW_ACK_LIMITED)
                 return
             self._oow_last_us = now_us
+        self._owe_ack()
+
+    def _owe_ack(self) -> None:
+        """The segment being processed wants an immediate ACK of its own.
+
+        RFC 5681 4.2 asks for an immediate duplicate ACK for each
+        out-of-order segment and an immediate ACK for one that fills a gap,
+        RFC 9293 3.10.7.4 for each unacceptable segment, RFC 5961 7 for each
+        challenge.  The Stack calls `dispatch` once per burst (ARCHITECTURE.md
+        rule 3), so `_ack_now` alone would merge them into one ACK and a
+        peer without SACK, which counts duplicate ACKs per packet, would
+        never see three.  So the segments are counted here and `dispatch`
+        sends that many pure ACKs.  They all carry the RCV.NXT of the
+        flush; ACKs owed for an older RCV.NXT would read as duplicates of
+        the new one (a false loss signal), so when RCV.NXT moves the count
+        restarts, and if it moves after the last one (in-order data or a
+        FIN later in the burst), one ACK goes for all (see `dispatch`).
+        Only the slow path comes here: the fast path never owes an ACK.
+        """
         self._ack_now = True
+        n = self._acks_owed
+        if n and self._acks_owed_at == self.rcv_nxt:
+            if n < MAX_ACKS_PER_DISPATCH:
+                self._acks_owed = n + 1
+        else:
+            self._acks_owed = 1
+            self._acks_owed_at = self.rcv_nxt
 
     def _close_now(self) -> None:
         """Enter CLOSED: stop every timer and forget the data in flight."""
@@ -1168,6 +1265,7 @@ class Tcb:
         self._reo_deadline = None
         self._tlp_deadline = None
         self._ack_now = False
+        self._acks_owed = 0
         self._rtx_head = False
         self._probe_due = False
         self._ka_due = False
@@ -1454,6 +1552,9 @@ class Tcb:
             self.bytes_received += plen
             delack = self._delack_bytes + plen
             self._delack_bytes = delack
+            # A deliberate stretch ACK: `_ack_now` says "ACK at the flush",
+            # which comes once per burst (ARCHITECTURE.md rule 3), so one
+            # ACK covers all in-order data of the burst (see "Delayed ACK").
             if delack >= 2 * self._rcv_mss:
                 self._ack_now = True
             elif self._delack_deadline is None:
@@ -2066,6 +2167,7 @@ class Tcb:
             data = payload[-start:] if -start < plen else b""
             start = 0
         n = len(data)
+        immediate = False  # this segment owes an ACK of its own (see _owe_ack)
         wnd = seq_sub(self.rcv_adv, self.rcv_nxt)
         room = self._rcvbuf.space
         if wnd > room:
@@ -2075,7 +2177,7 @@ class Tcb:
             data = data[:keep] if keep > 0 else b""
             n = len(data)
             fin = 0
-            self._ack_now = True  # tell the sender where the window ends
+            immediate = True  # tell the sender where the window ends
         if n and self._app_closed:
             # Data after close(): nobody will read it (RFC 2525 2.17, Linux).
             self._send_rst = True
@@ -2089,8 +2191,12 @@ class Tcb:
                 self.rcv_nxt = seq_add(self.rcv_nxt, adv)
                 self.bytes_received += adv
                 if had_holes:
-                    self._ack_now = True  # a hole (partly) filled: RFC 5681 4.2
+                    immediate = True  # a hole (partly) filled: RFC 5681 4.2
                 else:
+                    # Stretch ACK, deliberately: past 2 * rcv_mss the ACK is
+                    # owed at once, but it leaves at the flush that ends the
+                    # burst (ARCHITECTURE.md rule 3), so one ACK covers every
+                    # in-order segment of the burst (see "Delayed ACK").
                     self._delack_bytes += adv
                     if self._delack_bytes >= 2 * self._rcv_mss:
                         self._ack_now = True
@@ -2103,11 +2209,13 @@ class Tcb:
                 else:
                     self._count(TcpDrop.OOO_RANGES)
                 fin = 0
-                self._ack_now = True  # out of order: duplicate ACK at once (RFC 5681 4.2)
+                immediate = True  # out of order: duplicate ACK at once (RFC 5681 4.2)
         elif fin and start > 0:
             self._fin_rcv_seq = fin_at
             fin = 0
-            self._ack_now = True
+            immediate = True
+        if immediate:
+            self._owe_ack()  # after RCV.NXT moved: the ACK names the new one
         if (fin and fin_at == self.rcv_nxt) or (
             self._fin_rcv_seq is not None and self._fin_rcv_seq == self.rcv_nxt
         ):
@@ -2129,6 +2237,65 @@ class Tcb:
             self.state = CLOSING
         elif state is FIN_WAIT_2:
             self._enter_time_wait(now_us)
+
+    # -- path MTU discovery (RFC 1191, RFC 5927) --------------------------------
+
+    def on_path_mtu(self, mtu: int, now_us: int, *, datagram_len: int = 0) -> bool:
+        """ICMP "fragmentation needed": a hop on the path carries at most `mtu` bytes.
+
+        The Stack calls this once it matched the quoted segment to this
+        connection and found its sequence number in flight (RFC 5927 4.1).
+        `datagram_len` is the quoted datagram's total length: with `mtu` 0
+        (a router older than RFC 1191) the estimate is the plateau below
+        it, or below the path MTU we use without it (RFC 1191 5 and 7).
+        Returns True when the send MSS went down; then what is in flight
+        goes again at the next `dispatch` (see "Path MTU discovery" in the
+        module docstring).
+        """
+        if self.state not in _OUTPUT_STATES:
+            self._count(TcpDrop.PMTU_STATE)
+            return False
+        if mtu <= 0:
+            size = datagram_len if datagram_len > 0 else self._mss_base + 40
+            mtu = next((p for p in PMTU_PLATEAUS if p < size), 0)
+        mtu = max(mtu, PMTU_MIN)
+        if mtu - 40 >= self._mss_base:
+            self._count(TcpDrop.PMTU_NOT_LOWER)  # never raised from ICMP (RFC 1191 6.3)
+            return False
+        self._pmtu = mtu
+        self._set_send_mss(mtu - 40)
+        self._pmtu_retransmit(now_us)
+        return True
+
+    def _pmtu_retransmit(self, now_us: int) -> None:
+        """Send the flight again in the new size (Linux's tcp_simple_retransmit).
+
+        Every unSACKed byte in flight is marked lost; outside a SACK recovery
+        the sender goes back to SND.UNA as after a timeout (skipping what is
+        SACKed), inside one NextSeg resends the marked ranges.  `recover`
+        moves to SND.MAX: duplicate ACKs for data sent before now start no
+        fast retransmit.  Not a congestion signal, so cwnd and ssthresh stay
+        (Linux: "we do not increase amount of _data_ in network, but units
+        changed") and the RTO does not back off; the timer restarts for the
+        retransmission.
+        """
+        una = self.snd_una
+        flight = seq_sub(self.snd_max, una)
+        if flight <= 0:
+            return
+        if self._sack_ok and self._rk_end:
+            self._rk_mark_lost(self._una_abs, self._una_abs + flight)
+        self._recover = self.snd_max
+        self._rtt_seq = None  # Karn: what comes back may be for the old segments
+        self._tlp_end = None
+        self._tlp_due = False
+        self._tlp_deadline = None
+        self._rtx_deadline = now_us + self._rtt.rto_us
+        if self._sack_rec:
+            return
+        self.snd_nxt = una
+        self._dupacks = 0
+        self._dup_bytes = 0
 
     # -- timers -----------------------------------------------------------------
 
@@ -2372,6 +2539,7 @@ class Tcb:
             elif self._ack_now and state is SYN_RECEIVED:
                 out.append(self._make(self.snd_max, ACK, _EMPTY, now_us))
             self._ack_now = False
+            self._acks_owed = 0
             return out
         if state in _OUTPUT_STATES:
             self._output_data(out, now_us)
@@ -2384,7 +2552,22 @@ class Tcb:
             self._ka_due = False
             if not out:
                 out.append(self._make(seq_add(self.snd_una, -1), ACK, _EMPTY, now_us))
-        if self._ack_now:
+        owed = self._acks_owed
+        if owed:
+            # One pure ACK per segment that asked for one (see _owe_ack),
+            # even when data carried the ACK: a segment with data is no
+            # duplicate ACK (RFC 5681 2).  They are identical, so one
+            # OutSegment serves them all.
+            self._acks_owed = 0
+            if self._acks_owed_at != self.rcv_nxt:
+                owed = 1 if self._ack_now else 0  # RCV.NXT moved after the last one
+            if owed:
+                pure = self._make(self.snd_max, ACK, _EMPTY, now_us)
+                out.append(pure)
+                if owed > 1:
+                    out.extend([pure] * (owed - 1))
+                    self.segs_out += owed - 1
+        elif self._ack_now:
             out.append(self._make(self.snd_max, ACK, _EMPTY, now_us))
         self._rto_force = False
         if state in _OUTPUT_STATES:

@@ -1,10 +1,10 @@
 """ICMP messages (RFC 792), with the error rules of RFC 1122 3.2.2 and RFC 1812 4.3.2.3.
 
 Owns the 8-byte header, its checksum over the whole message, and the body
-of error messages (quoting the offending datagram).  Deciding whether an
-error may be sent at all (never about an ICMP error, a broadcast, a
-non-first fragment, ...; RFC 1122 3.2.2) and rate limiting belong to the
-stack.
+of error messages (quoting the offending datagram, and reading the quote
+in one we receive).  Deciding whether an error may be sent at all (never
+about an ICMP error, a broadcast, a non-first fragment, ...; RFC 1122
+3.2.2) and rate limiting belong to the stack.
 """
 
 import struct
@@ -39,6 +39,7 @@ ERROR_QUOTE_MAX = ERROR_DATAGRAM_MAX - 20 - ICMP_HLEN
 """Bytes of the offending datagram an error quotes: 576 minus our IPv4 and ICMP headers."""
 
 _HDR = struct.Struct("!BBHI")
+_QUOTED_IPV4 = struct.Struct("!BxHxxHxBxxII")  # ver/ihl, total length, frag, proto, src, dst
 _CSUM = struct.Struct("!H")
 _CSUM_OFF = 2
 
@@ -63,6 +64,39 @@ def parse_icmp(buf: Buffer, off: int, length: int) -> IcmpHeader | Drop:
     if checksum(buf, off, length) != 0:
         return Drop.ICMP_BAD_CHECKSUM
     return tuple_new(IcmpHeader, _HDR.unpack_from(buf, off))
+
+
+class QuotedDatagram(NamedTuple):
+    """The start of the datagram an ICMP error quotes: its IPv4 header, then transport bytes."""
+
+    src: int
+    dst: int
+    proto: int
+    total_len: int
+    """Total length of the original datagram (more than what is quoted)."""
+    l4_off: int
+    """Where the quoted transport header starts in the buffer."""
+    l4_len: int
+    """How many bytes of it are quoted (RFC 792: at least 8)."""
+
+
+def parse_quoted_ipv4(buf: Buffer, off: int, length: int) -> QuotedDatagram | None:
+    """Read the IPv4 header that an ICMP error body at buf[off : off + length] quotes.
+
+    The quote is the datagram as the router saw it, cut short: its checksum
+    and total length are not checked against the quote.  None for a quote
+    that is not IPv4, has a header length below 20 or beyond the quote, or
+    is a fragment other than the first (its transport header is elsewhere).
+    """
+    if off < 0 or length < 0 or off + length > len(buf):
+        raise ValueError(f"quote range {off}+{length} outside a buffer of {len(buf)} bytes")
+    if length < 20:
+        return None
+    vihl, total_len, frag, proto, src, dst = _QUOTED_IPV4.unpack_from(buf, off)
+    hlen = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4 or hlen < 20 or hlen > length or frag & 0x1FFF:
+        return None
+    return QuotedDatagram(src, dst, proto, total_len, off + hlen, length - hlen)
 
 
 def emit_icmp(
