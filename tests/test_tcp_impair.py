@@ -51,9 +51,9 @@ ACK:
 | (a) 1% loss               | Mathis 17.7 MB/s: 1.1; PFTK with Q':    | 0.3-2.4      | 15      |
 |                           | 11.5 MB/s: 1.7                          |              |         |
 | (a) 1% loss, offloads     | as above, fewer but larger losses       | 0.1-1.0      | 15      |
-| (b) 5% loss, to ustack    | Mathis 7.9 MB/s: 2.5; PFTK with Q':     | 0.7-4.1      | 15      |
+| (b) 5% loss, to ustack    | Mathis 7.9 MB/s: 2.5; PFTK with Q':     | 0.7-4.1      | 30      |
 |                           | 1.6 MB/s: 12                            |              |         |
-| (b) 5% loss, to kernel    | as above                                | 2.7-4.5      | 15      |
+| (b) 5% loss, to kernel    | as above                                | 2.7-4.5      | 30      |
 | (c) 20 ms delay each way, | window-bound (both senders tolerate     | 3.6-3.8      | 15      |
 |     5% reordering         | reordering): 256 KB / 42 ms = 6.2 MB/s: |              |         |
 |     to ustack             | 3.2                                     |              |         |
@@ -69,7 +69,9 @@ Bounds are about 3x the slowest run measured or the model's estimate,
 whichever is larger, and at least 15 s: slack for a 2-core VM where the
 kernel, the ustack process, the test process and whatever else runs
 share two CPUs (connect retries after a lost SYN alone cost 1 s each).
-Every estimate is now under that floor.  (Before ustack's sender had
+Every estimate is now under that floor; (b) gets 30 s all the same,
+2.5x PFTK's 12 s, because its few timeouts (200 ms and more each, backed
+off when a retransmission is lost again) make it the one that varies.  (Before ustack's sender had
 RACK-TLP, (b) to the kernel took 12-27 s, PFTK's 90 s bound, and (c) to
 the kernel 48-49 s: a frame displaced by 3 was taken for a loss without
 undo.)  The soak runs (``make soak``: SOAK_BYTES, 200 MB by default)
@@ -114,7 +116,9 @@ SEED = 20
 NBYTES = 20_000_000
 SOAK_DEFAULT = 200_000_000
 FLOOR_S = 15.0
-"""Every scenario's bound (see "Time bounds" above)."""
+"""Every scenario's bound but (b)'s (see "Time bounds" above)."""
+LOSS5_S = 30.0
+"""(b): 2.5x PFTK's estimate; the timeouts left at 5% loss are what varies."""
 
 # Wire-level drops that a corrupted IPv4/TCP frame can end in: a header
 # field checked before the checksum, or the checksum itself.
@@ -136,7 +140,7 @@ SCENARIOS = [
     Scenario("clean-offload", offload=True),
     Scenario("loss1", drop_permille=10),
     Scenario("loss1-offload", drop_permille=10, offload=True),
-    Scenario("loss5", drop_permille=50),
+    Scenario("loss5", bound_to_ustack_s=LOSS5_S, bound_to_kernel_s=LOSS5_S, drop_permille=50),
     Scenario("delay20ms-reorder5", fault="delay=20ms,reorder=0.05,seed=1"),
     Scenario("dup1", fault="dup=0.01,seed=1"),
     Scenario("corrupt0.1", fault="corrupt=0.001,seed=1"),
