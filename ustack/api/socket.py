@@ -58,10 +58,11 @@ timeout (a snapshot, taken without a lock), and may set the timeout,
 which the owner's next call uses.  Closing an already closed socket does
 nothing from any thread.  Other threads open their own sockets on their
 own Contexts (`ustack.api.context`).  Such a Context shares the TAP with
-the other threads' Contexts, so connect() there sends a RST for the
+the other threads' Contexts, so an active open there sends a RST for the
 connection it is about to open just before the SYN, which makes the
-kernel steer the replies to this thread's queue (`_claim_flow`; counted
-as ``tcp_out_flow_claims``).
+kernel steer the replies to this thread's queue
+(`ustack.stack.tcp.TcpLayer._claim_flow`; counted as
+``tcp_out_flow_claims``).
 """
 
 from __future__ import annotations
@@ -90,13 +91,11 @@ from ustack.loop import WrongThreadError
 from ustack.stack.tcp import TcpConnection, TcpListener
 from ustack.stack.udp import EPHEMERAL_HIGH, EPHEMERAL_LOW, UdpSocket
 from ustack.tcp.tcb import State, TcpConfig
-from ustack.wire.ipv4 import PROTO_TCP, ip_from_str, ip_to_str
-from ustack.wire.tcp import RST, TCP_HLEN, emit_tcp
+from ustack.wire.ipv4 import ip_from_str, ip_to_str
 
 if TYPE_CHECKING:
     from ustack.api.epoll import _Entry
     from ustack.loop import Context
-    from ustack.stack.stack import Stack
     from ustack.wire.types import Buffer, WritableBuffer
 
 __all__ = ["Socket", "getdefaulttimeout", "setdefaulttimeout"]
@@ -193,39 +192,6 @@ def _wrong_thread(sock: Socket) -> WrongThreadError:
         f"was used from thread {_get_ident()}; use it only in its own thread (every thread "
         "has its own Context: open the sockets a thread needs in that thread)"
     )
-
-
-def _claim_flow(stack: Stack, conn: TcpConnection) -> None:
-    """Make the kernel steer the replies of a new active open to this Context's queue.
-
-    On a TAP shared by several Contexts (`ustack.runtime`, shared_queue)
-    the kernel sends a flow's packets to the queue that last transmitted on
-    it; but it handles a frame we write before it records that, and it
-    answers a SYN at once, so a SYN-ACK would go wherever the flow hash
-    points, possibly to another thread's Context, whose RST would both
-    kill the handshake and claim the flow.  A RST for the not yet opened
-    connection, queued just before the SYN, claims the flow first: the
-    kernel drops a RST for which it has no socket without answering
-    (RFC 9293 3.10.7.1), and one that meets a TIME-WAIT socket out of
-    window is dropped too (its sequence number is our ISS).
-    """
-    (src, sport), (dst, dport) = conn.local, conn.remote
-    body = bytearray(TCP_HLEN)
-    emit_tcp(
-        body,
-        0,
-        sport=sport,
-        dport=dport,
-        seq=conn.tcb.iss,
-        ack=0,
-        flags=RST,
-        window=0,
-        src=src,
-        dst=dst,
-        payload_len=0,
-    )
-    stack.counters["tcp_out_flow_claims"] += 1
-    stack.send_ip(dst, PROTO_TCP, body)
 
 
 def _bytes_view(data: Buffer) -> memoryview:
@@ -664,8 +630,6 @@ class Socket:
         tcp = stack.tcp
         local = self._local_port or None
         conn = tcp.connect(ip, port, local_port=local, config=self._opts.tcp_config(tcp.config))
-        if stack.learn_from_ip:
-            _claim_flow(stack, conn)
         conn.user = self
         self._conn = conn
         if not self._local_port:

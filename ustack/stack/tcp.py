@@ -319,8 +319,28 @@ class TcpLayer:
         )
         self.counters["tcp_active_opens"] += 1
         conn = self._insert(tcb, None)
+        if self.stack.learn_from_ip:
+            self._claim_flow(conn)
         self.touch(conn)
         return conn
+
+    def _claim_flow(self, conn: TcpConnection) -> None:
+        """Make the kernel steer the replies of a new active open to this Context's queue.
+
+        On a TAP shared by several Contexts (threads or workers: the Stack's
+        `learn_from_ip`), the kernel sends a flow's packets to the queue that
+        last transmitted on it, but it records that only after handling the
+        frame, and it answers a SYN at once: the SYN-ACK would go wherever
+        the flow hash points, possibly to another Context, whose RST would
+        both kill the handshake and claim the flow.  A RST for the not yet
+        opened connection, sent just before the SYN, claims the flow first:
+        the kernel drops a RST for which it has no socket without answering
+        (RFC 9293 3.10.7.1), and one that meets a TIME-WAIT socket is out of
+        its window (the sequence number is our ISS) and dropped too.
+        """
+        (_, lport), (rip, rport) = conn.local, conn.remote
+        self.counters["tcp_out_flow_claims"] += 1
+        self._emit(rip, lport, rport, OutSegment(conn.tcb.iss, 0, RST, 0), None)
 
     def touch(self, conn: TcpConnection) -> None:
         """Mark `conn` for output at the next flush."""
