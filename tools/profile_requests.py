@@ -63,6 +63,8 @@ from ustack.bench.scenarios import (
 from ustack.bench.targets import BY_NAME, Launch, Server, Workers
 from ustack.topology import Topology
 
+TOP = 12  # functions listed per target
+
 LAYERS = ("dev", "wire", "stack", "tcp", "loop", "aio", "app", "asyncio", "other")
 _BY_PATH = (
     ("/ustack/dev/", "dev"),
@@ -85,25 +87,41 @@ def layer_of(frame: str) -> str | None:
     return None
 
 
-def split_stacks(folded: str) -> Counter[str]:
-    """Samples per layer from py-spy's raw (folded) output: `f1;f2;...;fN count` lines.
+def split_stacks(folded: str) -> tuple[Counter[str], Counter[str]]:
+    """Samples per layer, and per function, from py-spy's raw (folded) output.
 
-    A sample goes to the layer of its innermost frame that belongs to one;
-    a stack with none (the interpreter starting, a helper thread) is `other`.
+    Lines are `f1;f2;...;fN count`.  A sample goes to the layer of its
+    innermost frame that belongs to one, and to that frame's function
+    (`name (file)`, file relative to its package); a stack with none (the
+    interpreter starting, a helper thread) is `other`.
     """
     per: Counter[str] = Counter()
+    functions: Counter[str] = Counter()
     for line in folded.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        layer = "other"
+        layer, where = "other", "other"
         for frame in reversed(stack.split(";")):
             found = layer_of(frame)
             if found is not None:
-                layer = found
+                layer, where = found, _function(frame)
                 break
         per[layer] += int(count)
-    return per
+        functions[where] += int(count)
+    return per, functions
+
+
+def _function(frame: str) -> str:
+    """'flush (/x/ustack/stack/tcp.py:123)' -> 'flush (ustack/stack/tcp.py)'."""
+    name, _, loc = frame.partition(" (")
+    path = loc.rsplit(":", 1)[0]
+    for root in ("/ustack/", "/asyncio/", "/selectors.py"):
+        i = path.rfind(root)
+        if i >= 0:
+            path = path[i + 1 :]
+            break
+    return f"{name} ({path})"
 
 
 def profile_one(
@@ -153,7 +171,7 @@ def profile_one(
     window = s1.minus(s0)
     ops = sum(int(d["ops"]) for d in docs)
     with open(folded) as f:
-        per = split_stacks(f.read())
+        per, functions = split_stacks(f.read())
     samples = sum(per.values())
     cpu_us_per_req = (window.utime_s + window.stime_s) * 1e6 / ops if ops else None
     layers = {}
@@ -174,6 +192,14 @@ def profile_one(
         "sys_s": window.stime_s,
         "samples": samples,
         "layers": layers,
+        "top": [
+            {
+                "function": fn,
+                "share": n / samples,
+                "us_per_req": None if cpu_us_per_req is None else n / samples * cpu_us_per_req,
+            }
+            for fn, n in functions.most_common(TOP)
+        ],
     }
 
 
@@ -266,6 +292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" CPU {client_cpu}), {cfg.seconds:g} s, {m['cpus']} CPUs, Python {m['python']}\n"
     )
     print(table(results))
+    for r in results:
+        if r["layers"]["app"]["share"] > 0.99:
+            continue  # a kernel target: all in the app's frames (see above)
+        print(f"\n{r['target']}: innermost functions with the most samples\n")
+        for t in r["top"]:
+            us = "" if t["us_per_req"] is None else f"  {t['us_per_req']:5.1f} us"
+            print(f"  {t['share']:6.1%}{us}  {t['function']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": m, "case": case.name, "results": results}, f, indent=1)
