@@ -3,10 +3,14 @@
 Runs one `ustack bench` case (kv: 90% get / 10% set of 1 KB values, or
 64 B echo; 16 connections, depth 1, closed loop) against a server, and
 while the load runs samples the server process with py-spy (`record
---format raw --nonblocking`: the process is not paused, so the sampling
-costs the server nothing but cache).  Each sample is charged to the layer
-of its innermost Python frame (time inside the C ring is charged to the
-`dev` frame that called it):
+--format raw`).  py-spy stops the process briefly for each sample (200
+a second by default); without stopping it (`--nonblocking`) it reads
+stacks while they change, and about a fifth of the samples landed on
+the caller of a short call instead of the callee, so the tool pays the
+stops.  The requests/s and CPU figures come from the same window and
+include their cost: compare requests/s with an unprofiled `ustack bench`
+run.  Each sample is charged to the layer of its innermost Python frame
+(time inside the C ring is charged to the `dev` frame that called it):
 
     dev       ustack/dev/        the ring and its C calls (TAP reads, writes, epoll)
     wire      ustack/wire/       header parse/emit, checksums
@@ -29,7 +33,7 @@ that share stands for (server user + system CPU over the window from
 
     .venv/bin/python tools/profile_requests.py [--case kv|echo]
         [--targets ustack-hybrid,kernel-uvloop] [--seconds 10] [--rate 200]
-        [--placement cross-cpu|same-cpu] [--json FILE]
+        [--placement cross-cpu|same-cpu] [--json FILE] [--folded DIR]
 
 Needs root and py-spy (the bench extra installs it).
 """
@@ -151,7 +155,7 @@ def profile_one(
             [
                 "taskset", "-c", str(cfg.client_cpu), pyspy, "record", "--pid",
                 str(server.proc.pid), "--subprocesses", "--full-filenames", "--rate", str(rate),
-                "--nonblocking", "--format", "raw",
+                "--format", "raw",
                 "--duration", str(max(1, int(cfg.seconds))), "--output", folded,
             ],
             stdout=subprocess.DEVNULL,
@@ -245,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second (200)")
     ap.add_argument("--placement", choices=sorted(PLACEMENTS), default="cross-cpu")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument(
+        "--folded", metavar="DIR", help="keep py-spy's folded stacks here (for flame graphs)"
+    )
     args = ap.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in BY_NAME]
@@ -284,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for t in targets:
                 progress(f"profiling {case.name} on {t} for {cfg.seconds:g} s")
                 results.append(profile_one(b, case, t, pyspy, args.rate, workdir))
+                if args.folded:
+                    os.makedirs(args.folded, exist_ok=True)
+                    shutil.copy(os.path.join(workdir, f"{t}.folded"), args.folded)
         finally:
             topo.down()
     m = machine_info()
