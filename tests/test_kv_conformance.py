@@ -1,15 +1,16 @@
 """The kv server against a real memcached: the same raw sessions, the same bytes back.
 
 Debian's memcached runs in netns N-k (198.19.0.2, port 11311, -U 0 -t 1)
-next to `ustack serve kv --stack kernel` twice: in the default key mode
-(``--keys strict``, port 11211) and in memcached's (``--keys memcached``,
-port 11212).  Every session is sent over a raw socket from netns N to
-all three, and the replies must be byte-identical once the version
-string is masked.  The other documented differences (see
-ustack/apps/kv.py) get tests of their own at the end, which check both
-sides of each difference, so a change on either side shows; the key
-mode is one of them: in memcached's mode a key with control characters
-gets memcached's bytes back.
+next to the kv app twice: `ustack serve kv` on ustack (198.18.0.2) in the
+default key mode (``--keys strict``, port 11211), and `ustack serve kv
+--stack kernel` beside memcached in memcached's key mode (``--keys
+memcached``, port 11212), so both stacks are compared with memcached.
+Every session is sent over a raw socket from netns N to all three, and
+the replies must be byte-identical once the version string is masked.
+The other documented differences (see ustack/apps/kv.py) get tests of
+their own at the end, which check both sides of each difference, so a
+change on either side shows; the key mode is one of them: in memcached's
+mode a key with control characters gets memcached's bytes back.
 
 The three servers live for the whole module and see the same sessions in
 the same order, so their state (and their cas ids) must stay in step too:
@@ -94,7 +95,7 @@ def servers() -> Iterator[Servers]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    ours = ServerProcess(topo, "kv", "--stack", "kernel", "--port", str(OURS_PORT))
+    ours = ServerProcess(topo, "kv", "--port", str(OURS_PORT))  # on ustack
     ours_mk = ServerProcess(
         topo, "kv", "--stack", "kernel", "--port", str(OURS_MEMCACHED_KEYS_PORT), "--keys",
         "memcached",
@@ -110,9 +111,11 @@ def servers() -> Iterator[Servers]:
         topo.down()
 
 
-def _session(topo: Topology, port: int, steps: list[Step], out: dict[int, bytes]) -> None:
+def _session(
+    topo: Topology, addr: str, port: int, steps: list[Step], out: dict[int, bytes]
+) -> None:
     with netns.inside(topo.client_ns):
-        sock = socket.create_connection((topo.kernel_addr, port), timeout=10)
+        sock = socket.create_connection((addr, port), timeout=10)
     got = bytearray()
     try:
         for step in steps:
@@ -144,12 +147,19 @@ def _session(topo: Topology, port: int, steps: list[Step], out: dict[int, bytes]
 def both(servers: Servers, steps: list[Step]) -> tuple[bytes, bytes, bytes]:
     """Replay `steps` on memcached and on ours (both key modes) at once.
 
-    (memcached's, ours with strict keys, ours with memcached's keys).
+    (memcached's, ours on ustack with strict keys, ours on kernel sockets
+    with memcached's keys).
     """
     out: dict[int, bytes] = {}
-    ports = (MEMCACHED_PORT, OURS_PORT, OURS_MEMCACHED_KEYS_PORT)
+    topo = servers.topo
+    where = (
+        (topo.kernel_addr, MEMCACHED_PORT),
+        (topo.ustack_addr, OURS_PORT),
+        (topo.kernel_addr, OURS_MEMCACHED_KEYS_PORT),
+    )
     threads = [
-        threading.Thread(target=_session, args=(servers.topo, port, steps, out)) for port in ports
+        threading.Thread(target=_session, args=(topo, addr, port, steps, out))
+        for addr, port in where
     ]
     for t in threads:
         t.start()
