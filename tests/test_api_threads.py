@@ -325,3 +325,41 @@ def test_foreign_thread_epoll_calls_raise_wrong_thread_and_keep_registrations(wi
     assert ep.poll(5) == [(conn, EPOLLIN)]
     ep.unregister(conn)
     ep.close()
+
+
+@pytest.mark.netns
+def test_two_threads_with_own_asyncio_loops_are_concurrent_tcp_clients(topology: Topology):
+    """The same with `ustack.aio.run` in each thread: its loop's Context joins the host."""
+    import asyncio
+
+    import ustack.aio
+
+    port = 7101
+    server = KernelEchoServer(topology, port)
+    barrier = threading.Barrier(THREADS, timeout=30)
+
+    async def client(i: int) -> tuple[bytes, int]:
+        rng = random.Random(100 + i)
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, ustack.aio.UstackEventLoop)
+        await loop.run_in_executor(None, barrier.wait)  # both loops are up before either sends
+        sent = 0
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(KERNEL, port)
+            for _ in range(60):
+                msg = rng.randbytes(rng.randint(1, 3000))
+                writer.write(msg)
+                assert await asyncio.wait_for(reader.readexactly(len(msg)), 20) == msg
+                sent += len(msg)
+            writer.close()
+            await writer.wait_closed()
+        return loop.context.stack.iface.mac, sent
+
+    try:
+        results = run_threads(lambda i: ustack.aio.run(client(i), name=topology.name))
+    finally:
+        server.close()
+    macs = {mac for mac, _ in results}
+    assert len(macs) == 1, macs  # one host
+    assert all(sent > 0 for _, sent in results)
+    assert server.accepted == 3 * THREADS

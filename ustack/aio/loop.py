@@ -638,7 +638,9 @@ def new_event_loop(
     )
     _opening.depth = getattr(_opening, "depth", 0) + 1
     try:
-        ctx = open_context(**kw)
+        # Loops in several threads of one process are one host on several
+        # queues of the TAP, as the socket API's per-thread Contexts are.
+        ctx = open_context(**kw, shared_queue=True)
     finally:
         _opening.depth -= 1
     try:
