@@ -65,6 +65,7 @@ from ustack.bench.scenarios import (
     build_cases,
     client_sysctls,
     paced_case,
+    placement_cpus,
     run_logged,
 )
 from ustack.bench.targets import BY_NAME
@@ -587,11 +588,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def config_of(args: argparse.Namespace) -> Config:
-    server_cpu, client_cpu = PLACEMENTS[args.placement]
-    allowed = os.sched_getaffinity(0)
-    for cpu in (server_cpu, client_cpu):
-        if cpu not in allowed:
-            raise ValueError(f"placement {args.placement} needs CPU {cpu} (have {sorted(allowed)})")
+    server_cpu, client_cpu = placement_cpus(args.placement)
     return Config(
         placement=args.placement,
         server_cpu=server_cpu,
@@ -611,7 +608,7 @@ def config_of(args: argparse.Namespace) -> Config:
         baseline=REFERENCE if REFERENCE in args.targets else None,
         max_other=args.max_other,
         retries=args.retries,
-        cpus_available=len(allowed),
+        cpus_available=len(os.sched_getaffinity(0)),
     )
 
 

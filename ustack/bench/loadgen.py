@@ -513,6 +513,17 @@ class _Replies:
         return self.lat
 
 
+def _send_queued(ep: select.epoll, c: _Conn) -> None:
+    """The socket is writable: send what is queued; stop watching for that once all went."""
+    try:
+        n = c.sock.send(c.out)
+    except BlockingIOError:
+        n = 0
+    del c.out[:n]
+    if not c.out:
+        ep.modify(c.fd, select.EPOLLIN)
+
+
 def _stream_setup(
     spec: WorkerSpec, socks: list[socket.socket]
 ) -> tuple[select.epoll, dict[int, _Conn], _Replies, list[int], list[bytes]]:
@@ -591,13 +602,7 @@ def _stream(
             for fd, ev in events:
                 c = conns[fd]
                 if ev & OUT:
-                    try:
-                        n = c.sock.send(c.out)
-                    except BlockingIOError:
-                        n = 0
-                    del c.out[:n]
-                    if not c.out:
-                        ep.modify(fd, IN)
+                    _send_queued(ep, c)
                 if not ev & (IN | select.EPOLLERR | select.EPOLLHUP):
                     continue
                 n = c.sock.recv_into(rbuf)
@@ -817,13 +822,7 @@ def _paced(
                     continue
                 c = conns[fd]
                 if ev & OUT:
-                    try:
-                        n = c.sock.send(c.out)
-                    except BlockingIOError:
-                        n = 0
-                    del c.out[:n]
-                    if not c.out:
-                        ep.modify(fd, IN)
+                    _send_queued(ep, c)
                 if not ev & (IN | select.EPOLLERR | select.EPOLLHUP):
                     continue
                 n = c.sock.recv_into(rbuf)

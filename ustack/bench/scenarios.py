@@ -350,6 +350,16 @@ class Bench:
         return self.port
 
 
+def placement_cpus(placement: str) -> tuple[int, int]:
+    """(server CPU, client CPU) of a placement; ValueError if this process may not use them."""
+    server_cpu, client_cpu = PLACEMENTS[placement]
+    allowed = os.sched_getaffinity(0)
+    for cpu in (server_cpu, client_cpu):
+        if cpu not in allowed:
+            raise ValueError(f"placement {placement} needs CPU {cpu} (have {sorted(allowed)})")
+    return server_cpu, client_cpu
+
+
 def client_sysctls(topo: Topology) -> None:
     """In the client netns: a wide port range and no TIME-WAIT state.
 
