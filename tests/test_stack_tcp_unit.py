@@ -509,22 +509,26 @@ def test_established_data_both_ways_across_sequence_wrap(net: Net, listener: Tcp
     iss = conn.tcb.iss
     # 300 bytes from the peer cross 2**32 (PEER_ISN + 1 + 300 wraps).
     data = bytes(range(256)) + b"x" * 44
-    out = net.feed([peer.ack(data, "PA")])
-    assert out == []  # one segment: the ACK is delayed (RFC 1122 4.2.3.2)
+    # The first data of the connection is ACKed at the burst's flush (quick-ACK mode).
+    out = peer.got(net.feed([peer.ack(data, "PA")]))
+    assert summary(out) == [("A", seq_add(iss, 1), seq_add(PEER_ISN, 301), 0)]
     assert conn.readable_bytes == 300
     assert conn.recv(1000) == data
-    # The delayed ACK leaves 40 ms later, from the timer.
-    out = peer.got(net.timers(net.now + 40 * MS))
-    assert summary(out) == [("A", seq_add(iss, 1), seq_add(PEER_ISN, 301), 0)]
-    # The application answers: the data goes at the next flush.
+    # The application answers: the data goes at the next flush.  A reply within
+    # 40 ms of the request makes the connection interactive (Linux's pingpong).
     assert conn.send(b"reply" * 100) == 500
     out = peer.got(net.flush())
     assert summary(out) == [("PA", seq_add(iss, 1), seq_add(PEER_ISN, 301), 500)]
     assert peer.received == b"reply" * 100
     assert conn.stats()["unacked"] == 500
-    assert net.feed([peer.ack()]) == []
+    # The next request's ACK waits for a reply to ride on (RFC 1122 4.2.3.2) ...
+    assert net.feed([peer.ack(b"more", "PA")]) == []
     assert conn.stats()["unacked"] == 0
-    assert net.delta_tcp() == {"tcp_in_segs": 2, "tcp_out_segs": 2}
+    assert conn.recv(1000) == b"more"
+    # ... and with none, leaves 40 ms later, from the timer.
+    out = peer.got(net.timers(net.now + 40 * MS))
+    assert summary(out) == [("A", seq_add(iss, 501), seq_add(PEER_ISN, 305), 0)]
+    assert net.delta_tcp() == {"tcp_in_segs": 2, "tcp_out_segs": 3}
 
 
 def test_two_full_segments_acked_at_once(net: Net, listener: TcpListener):
@@ -803,9 +807,10 @@ def test_cookie_ack_creates_connection_with_options_the_cookie_encoded(net: Net)
     (sa,) = peer.got(net.feed([peer.syn()]))
     cookie = tcp_of(sa).seq
     net.mark()
-    # The final ACK carries data: it is kept, and ACKed (delayed).
-    out = net.feed([peer.ack(b"hello", "PA")])
-    assert out == []
+    # The final ACK carries data: it is kept, and ACKed at the flush (the first
+    # data of the connection: quick-ACK mode, Linux).
+    out = peer.got(net.feed([peer.ack(b"hello", "PA")]))
+    assert summary(out) == [("A", seq_add(cookie, 1), seq_add(PEER_ISN, 6), 0)]
     conn = listener.accept()
     assert conn is not None and state(conn) is State.ESTABLISHED
     assert conn.tcb.iss == cookie
@@ -929,7 +934,8 @@ def test_accept_queue_full_child_syn_ack_retransmitted_then_completes(net: Net):
     assert summary(out) == [("SA", tcp_of(sa).seq, seq_add(PEER_ISN, 1), 0)]
     assert listener.accept() is not None
     b.snd_nxt = seq_add(PEER_ISN, 1)
-    assert net.feed([b.ack(b"req", "PA")]) == []
+    out = net.feed([b.ack(b"req", "PA")])  # completes the handshake; quick ACK of the data
+    assert summary(out) == [("A", seq_add(tcp_of(sa).seq, 1), seq_add(PEER_ISN, 4), 0)]
     conn = listener.accept()
     assert conn is not None and conn.recv(10) == b"req"
 

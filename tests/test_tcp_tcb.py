@@ -158,6 +158,25 @@ def syn_received(config: TcpConfig = PLAIN, **opts: object) -> Tcb:
     return tcb
 
 
+QUICKACKS = 4
+"""PLAIN's quick ACKs: the 4000-byte window holds 4 pairs of 500-byte segments."""
+Q0 = seq_add(R0, QUICKACKS)  # the peer's next byte after `quickacks_used`
+
+
+def quickacks_used(config: TcpConfig = PLAIN) -> Tcb:
+    """established(), then the peer's first bytes, one per burst at T1, each ACKed
+    at the dispatch (quick-ACK mode, Linux) and read, until no quick ACK is left.
+
+    RCV.NXT is then Q0, the right edge still R0 + 4000 (receiver SWS)."""
+    tcb = established(config)
+    for i in range(QUICKACKS):
+        rx(tcb, T1, s(R0 + i), L0, ACK, b"q")
+        assert tcb.recv(10) == b"q"
+        expect(tcb, T1, Seg(L0, s(R0 + i + 1), ACK, 3999 - i))
+    assert tcb.stats()["quickacks"] == 0
+    return tcb
+
+
 def ack_all(tcb: Tcb, now: int, window: int = PEER_WIN) -> None:
     """The peer acknowledges everything we sent."""
     rx(tcb, now, tcb.rcv_nxt, tcb.snd_max, ACK, window=window)
@@ -510,10 +529,9 @@ def test_syn_received_data_on_handshake_ack_is_delivered() -> None:
     rx(tcb, T1, R0, L0, ACK | PSH, b"hi")
     assert state(tcb) == "ESTABLISHED"
     assert tcb.readable_bytes == 2
-    expect(tcb, T1)  # the ACK is delayed
-    assert tcb.poll_at() == T1 + 40 * MS
-    fire(tcb, T1 + 40 * MS)
-    expect(tcb, T1 + 40 * MS, Seg(L0, s(R0 + 2), ACK, 3998))
+    # The first data of the connection: ACKed at once (quick-ACK mode, Linux).
+    expect(tcb, T1, Seg(L0, s(R0 + 2), ACK, 3998))
+    assert tcb.poll_at() is None
 
 
 def test_syn_received_close_sends_fin_once_established() -> None:
@@ -537,21 +555,21 @@ def test_accept_syn_rejects_a_segment_that_is_not_a_syn() -> None:
 
 
 def test_established_in_order_data_ack_is_delayed() -> None:
-    tcb = established()
-    rx(tcb, T1 + MS, R0, L0, ACK | PSH, b"x" * 100)
+    tcb = quickacks_used()
+    rx(tcb, T1 + MS, Q0, L0, ACK | PSH, b"x" * 100)
     expect(tcb, T1 + MS)
     fire(tcb, T1 + 41 * MS)
-    expect(tcb, T1 + 41 * MS, Seg(L0, s(R0 + 100), ACK, 3900))
+    expect(tcb, T1 + 41 * MS, Seg(L0, s(Q0 + 100), ACK, 3896))
     assert tcb.recv(1000) == b"x" * 100
     assert tcb.poll_at() is None
 
 
 def test_established_second_full_segment_is_acked_at_once() -> None:
-    tcb = established()
-    rx(tcb, T1 + MS, R0, L0, ACK, b"a" * 500)
+    tcb = quickacks_used()
+    rx(tcb, T1 + MS, Q0, L0, ACK, b"a" * 500)
     expect(tcb, T1 + MS)
-    rx(tcb, T1 + 2 * MS, s(R0 + 500), L0, ACK, b"b" * 500)
-    expect(tcb, T1 + 2 * MS, Seg(L0, s(R0 + 1000), ACK, 3000))
+    rx(tcb, T1 + 2 * MS, s(Q0 + 500), L0, ACK, b"b" * 500)
+    expect(tcb, T1 + 2 * MS, Seg(L0, s(Q0 + 1000), ACK, 2996))
     assert tcb.poll_at() is None
     assert tcb.recv(2000) == b"a" * 500 + b"b" * 500
 
@@ -762,6 +780,116 @@ def test_established_urgent_data_is_delivered_inline() -> None:
     tcb = established()
     tcb.on_segment(tcp(R0, L0, ACK | 0x20)._replace(urgent=1), b"!", T1 + MS)
     assert tcb.recv(10) == b"!"
+
+
+# ==========================================================================
+# ESTABLISHED: quick-ACK mode and pingpong (Linux's tcp_input.c)
+# ==========================================================================
+
+
+def test_established_first_data_is_acked_at_the_next_dispatch() -> None:
+    tcb = established()
+    # One burst of three in-order segments: one ACK at its flush, not 40 ms later.
+    rx(tcb, T1 + MS, R0, L0, ACK, b"a" * 100)
+    rx(tcb, T1 + MS, s(R0 + 100), L0, ACK, b"b" * 100)
+    rx(tcb, T1 + MS, s(R0 + 200), L0, ACK | PSH, b"c" * 100)
+    expect(tcb, T1 + MS, Seg(L0, s(R0 + 300), ACK, 3700))
+    assert tcb.poll_at() is None
+    assert tcb.stats()["quickacks"] == QUICKACKS - 1  # one ACK, one quick ACK used
+
+
+@pytest.mark.parametrize(
+    ("rcvbuf", "quick"),
+    [(4000, 4), (65535, 16), (1500, 1), (900, 2)],
+    ids=["four-pairs", "at-most-16", "one-pair", "no-pair-gives-2"],
+)
+def test_established_quick_acks_are_bounded_by_the_window(rcvbuf: int, quick: int) -> None:
+    """Linux's tcp_incr_quickack: window // (2 * MSS) quick ACKs, at most 16, 2 for 0."""
+    tcb = established(plain(rcvbuf=rcvbuf))
+    t = T1 + MS
+    for i in range(quick):
+        rx(tcb, t, s(R0 + i), L0, ACK, b"q")
+        assert tcb.recv(10) == b"q"
+        out = [(o.seq, o.ack, o.flags, bytes(o.payload)) for o in tcb.dispatch(t)]
+        assert out == [(L0, s(R0 + i + 1), ACK, b"")]
+    # Used up: the ACK is delayed as before.
+    rx(tcb, t, s(R0 + quick), L0, ACK, b"q")
+    expect(tcb, t)
+    fire(tcb, t + 40 * MS)
+    assert [(o.ack, o.flags) for o in tcb.dispatch(t + 40 * MS)] == [(s(R0 + quick + 1), ACK)]
+
+
+def test_established_reply_within_40ms_makes_the_next_ack_wait_for_the_reply() -> None:
+    """Pingpong: our data within 40 ms of theirs is a reply (tcp_event_data_sent), so
+    the next request's ACK waits for the next reply; when none comes in time, the
+    delayed ACK ends pingpong mode (tcp_delack_timer_handler)."""
+    tcb = established()
+    rx(tcb, T1 + MS, R0, L0, ACK | PSH, b"req1")
+    expect(tcb, T1 + MS, Seg(L0, s(R0 + 4), ACK, 3996))  # quick ACK
+    assert tcb.recv(10) == b"req1"
+    tcb.send(b"resp1")
+    expect(tcb, T1 + 5 * MS, Seg(L0, s(R0 + 4), ACK | PSH, 3996, b"resp1"))
+    assert tcb.stats()["pingpong"] is True
+    rx(tcb, T1 + 15 * MS, s(R0 + 4), s(L0 + 5), ACK | PSH, b"req2")
+    expect(tcb, T1 + 15 * MS)  # quick ACKs are left, but the ACK waits
+    assert tcb.stats()["quickacks"] == QUICKACKS - 1
+    assert tcb.recv(10) == b"req2"
+    tcb.send(b"resp2")
+    expect(tcb, T1 + 20 * MS, Seg(s(L0 + 5), s(R0 + 8), ACK | PSH, 3992, b"resp2"))
+    assert tcb.stats()["quickacks"] == QUICKACKS - 2  # the reply's ACK used one
+    # No reply within 40 ms: the delayed ACK goes, and pingpong mode ends ...
+    rx(tcb, T1 + 30 * MS, s(R0 + 8), s(L0 + 10), ACK | PSH, b"req3")
+    expect(tcb, T1 + 30 * MS)
+    fire(tcb, T1 + 70 * MS)
+    expect(tcb, T1 + 70 * MS, Seg(s(L0 + 10), s(R0 + 12), ACK, 3988))
+    assert tcb.stats()["pingpong"] is False
+    # ... so the next request is ACKed at once again.
+    rx(tcb, T1 + 80 * MS, s(R0 + 12), s(L0 + 10), ACK | PSH, b"req4")
+    expect(tcb, T1 + 80 * MS, Seg(s(L0 + 10), s(R0 + 16), ACK, 3984))
+    assert tcb.stats()["quickacks"] == 0
+
+
+def test_established_data_sent_40ms_after_the_peers_is_no_reply() -> None:
+    tcb = established()
+    rx(tcb, T1 + MS, R0, L0, ACK | PSH, b"req1")
+    expect(tcb, T1 + MS, Seg(L0, s(R0 + 4), ACK, 3996))
+    assert tcb.recv(10) == b"req1"
+    tcb.send(b"late")
+    expect(tcb, T1 + 41 * MS, Seg(L0, s(R0 + 4), ACK | PSH, 3996, b"late"))
+    assert tcb.stats()["pingpong"] is False
+    rx(tcb, T1 + 50 * MS, s(R0 + 4), s(L0 + 4), ACK | PSH, b"req2")
+    expect(tcb, T1 + 50 * MS, Seg(s(L0 + 4), s(R0 + 8), ACK, 3992))  # quick ACK
+
+
+def test_established_data_after_idle_longer_than_rto_reenters_quick_ack_mode() -> None:
+    tcb = quickacks_used()  # the last data came at T1
+    assert tcb.rto_us == 200 * MS
+    t = T1 + 200 * MS  # exactly one RTO later: not idle long enough
+    rx(tcb, t, Q0, L0, ACK, b"x" * 100)
+    expect(tcb, t)
+    fire(tcb, t + 40 * MS)
+    expect(tcb, t + 40 * MS, Seg(L0, s(Q0 + 100), ACK, 3896))
+    assert tcb.recv(1000) == b"x" * 100
+    t += 200 * MS + 1  # longer than the RTO since that data (tcp_event_data_recv)
+    rx(tcb, t, s(Q0 + 100), L0, ACK, b"y" * 100)
+    expect(tcb, t, Seg(L0, s(Q0 + 200), ACK, 3796))
+    # The window last advertised, 3896, holds 3 pairs of segments; one is used.
+    assert tcb.stats()["quickacks"] == 2
+
+
+def test_established_duplicate_data_reenters_quick_ack_mode_and_ends_pingpong() -> None:
+    """Data sent again means our ACK was lost or late (Linux's tcp_send_dupack)."""
+    tcb = established()
+    rx(tcb, T1 + MS, R0, L0, ACK | PSH, b"req1")
+    tcb.send(b"resp1")
+    expect(tcb, T1 + MS, Seg(L0, s(R0 + 4), ACK | PSH, 3996, b"resp1"))  # a reply
+    rx(tcb, T1 + 10 * MS, s(R0 + 4), s(L0 + 5), ACK | PSH, b"req2")
+    expect(tcb, T1 + 10 * MS)  # pingpong: the ACK waits for a reply
+    rx(tcb, T1 + 20 * MS, s(R0 + 4), s(L0 + 5), ACK | PSH, b"req2")  # sent again
+    expect(tcb, T1 + 20 * MS, Seg(s(L0 + 5), s(R0 + 8), ACK, 3992))
+    rx(tcb, T1 + 30 * MS, s(R0 + 8), s(L0 + 5), ACK | PSH, b"req3")
+    expect(tcb, T1 + 30 * MS, Seg(s(L0 + 5), s(R0 + 12), ACK, 3988))  # quick ACK
+    assert tcb.stats()["pingpong"] is False
 
 
 # ==========================================================================
@@ -1343,11 +1471,10 @@ def test_established_paws_accepts_equal_and_newer_timestamps() -> None:
     rx(tcb, T1 + 2 * MS, s(R0 + 1), L0, ACK, b"b", ts=(1001, T1 // MS))
     rx(tcb, T1 + 3 * MS, s(R0 + 2), L0, ACK, b"c", ts=(1500, T1 // MS))
     assert tcb.recv(10) == b"abc"
-    expect(tcb, T1 + 3 * MS)  # the ACK is delayed
-    t = T1 + 41 * MS
-    fire(tcb, t)
-    # A delayed ACK echoes the TSval of the earliest segment it acknowledges
-    # (RFC 7323 4.3: TS.Recent moves only for SEG.SEQ <= Last.ACK.sent).
+    # One ACK for the three (the first data: quick-ACK mode, but nothing was
+    # dispatched in between) echoes the TSval of the earliest segment it
+    # acknowledges (RFC 7323 4.3: TS.Recent moves only for SEG.SEQ <= Last.ACK.sent).
+    t = T1 + 3 * MS
     expect(tcb, t, Seg(L0, s(R0 + 3), ACK, 3997, ts=(t // MS, 1001)))
     rx(tcb, t + MS, s(R0 + 3), L0, ACK, b"d", ts=(1600, T1 // MS))
     assert tcb.stats()["ts_recent"] == 1600

@@ -183,8 +183,33 @@ at once for: data out of order or beyond the window (RFC 5681 4.2), data
 that fills a hole (4.2), a duplicate or unacceptable segment, a FIN, and
 a window update after the application read: when the window we could
 offer is at least twice what is left of the advertised one, and that is
-at most half the maximum window (Linux's __tcp_cleanup_rbuf).  Linux's
-quick-ACK mode at the start of a connection is not imitated.
+at most half the maximum window (Linux's __tcp_cleanup_rbuf).
+
+Quick-ACK mode, as Linux's net/ipv4/tcp_input.c has it: in-order data is
+ACKed at once, without waiting for the second full segment or the timer,
+while quick ACKs are left and the connection is not interactive
+(tcp_in_quickack_mode: icsk_ack.quick and not pingpong; `_quick`,
+`_pingpong`).  The first data of a connection, and data after none came
+for longer than the RTO (a sender restarting from its initial window),
+allow up to `MAX_QUICKACKS` (16): as many as the window we last
+advertised holds pairs of full segments, 2 if it holds none
+(tcp_event_data_recv, tcp_incr_quickack), so slow start is not slowed by
+delayed ACKs.  Data that starts before RCV.NXT (sent again: our ACK was
+lost or late) does the same and ends interactive mode (tcp_send_dupack,
+tcp_enter_quickack_mode).  Each segment that acknowledges in-order data
+not acknowledged before, pure ACK or data, uses one quick ACK
+(tcp_event_ack_sent, tcp_dec_quickack_mode).  The connection turns
+interactive ("pingpong") when we send data within `delayed_ack_us` of the
+peer's last data, a reply (tcp_event_data_sent, with that as the ATO);
+then ACKs wait again, for the next reply to carry them, until the
+delayed-ACK timer fires with an ACK owed: the reply did not come in time,
+and interactive mode ends (tcp_delack_timer_handler).  Not imitated: the
+adaptive ATO (the timer is always `delayed_ack_us`, also in pingpong
+mode), ECN's quick ACKs, and quick-ACK mode for data dropped at the
+window's edge.  The fast path pays one store per data segment
+(`_last_data_us`), looks for an idle gap only at the first data since
+our last ACK, and tests `_quick` (usually 0) only when the ACK would
+otherwise wait.
 
 "At once" means at the next `dispatch`, which the Stack runs once per
 receive burst (ARCHITECTURE.md rule 3).  For in-order data that makes a
@@ -192,6 +217,8 @@ deliberate stretch ACK: however many segments a burst brings, one
 cumulative ACK covers them (RFC 5681 4.2 asks for one per second
 full-sized segment; batching is the agreed trade, and a sender that
 counts bytes acknowledged, RFC 3465 or Linux, grows its window the same).
+Quick-ACK mode is per burst too: an ACK at the flush, instead of at the
+second full segment or the timer, using one quick ACK for the burst.
 It must not merge the ACKs that signal a hole, though: a sender without
 SACK counts duplicate ACKs per packet (RFC 5681 3.2), and five
 out-of-order segments in one burst must bring it five.  So each segment
@@ -225,7 +252,8 @@ Timers (one deadline each; `poll_at` is their minimum):
 - RACK reordering (RFC 8985 6.3): when a segment sent before the most
   recently delivered one is still within the reordering window, a timer
   runs until its window ends; then loss detection runs again.
-- delayed ACK: `delayed_ack_us` after the first unacknowledged segment.
+- delayed ACK: `delayed_ack_us` after the first unacknowledged segment;
+  its expiry ends pingpong mode (see "Delayed ACK").
 - persist (RFC 9293 3.8.6.1): runs while data waits, nothing is in flight
   and the window stops it; RTO-based with back-off up to `max_rto_us`.  On
   expiry it sends what the window allows if it allows anything (the SWS
@@ -397,6 +425,8 @@ MAX_ACKS_PER_DISPATCH: Final = 64
 A burst holds at most the Context's budget of segments (64 by default), so
 this is only a guard (ARCHITECTURE.md rule 8: what the network can grow
 is bounded); three duplicate ACKs are what a sender without SACK needs."""
+MAX_QUICKACKS: Final = 16
+"""Most quick ACKs one entry into quick-ACK mode allows (Linux's TCP_MAX_QUICKACKS)."""
 
 # Transmission record flags (RACK-TLP).
 _RK_SACKED: Final = 1
@@ -633,14 +663,17 @@ class Tcb:
         "_ka_deadline",
         "_ka_due",
         "_ka_probes",
+        "_last_data_us",
         "_last_rx_us",
         "_last_send_us",
         "_mss_base",
         "_oow_last_us",
         "_persist_backoff",
         "_persist_deadline",
+        "_pingpong",
         "_pmtu",
         "_probe_due",
+        "_quick",
         "_rack_dsack_round",
         "_rack_end",
         "_rack_fack",
@@ -786,6 +819,10 @@ class Tcb:
         self._acks_owed = 0  # immediate ACKs owed, one per segment that asked (see _owe_ack)
         self._acks_owed_at = 0  # RCV.NXT when they were counted
         self._delack_bytes = 0
+        self._quick = 0  # quick ACKs left (Linux's icsk_ack.quick)
+        self._pingpong = False  # interactive: our data answers theirs (see "Delayed ACK")
+        # When in-order data last came (Linux's lrcvtime); None: not yet.
+        self._last_data_us: int | None = None
         self._send_rst = False
         self._rst_out: list[tuple[int, int, int]] = []
         self._rtx_head = False
@@ -1169,6 +1206,8 @@ class Tcb:
             "rack_reo_wnd_us": self._rack_reo_wnd() if self._sack_ok else 0,
             "dsacks": self.dsacks,
             "paws_exempt_acks": self.paws_exempt_acks,
+            "quickacks": self._quick,
+            "pingpong": self._pingpong,
             "congestion_control": self._cc.name,
         }
         s.update(self.counters)
@@ -1219,13 +1258,21 @@ class Tcb:
             self._count(TcpDrop.CHALLENGE_LIMITED)
 
     def _ack_unacceptable(self, seg: TcpSegment, plen: int, now_us: int) -> None:
-        """ACK a segment that failed the sequence or PAWS check (rate-limited if dataless)."""
+        """ACK a segment that failed the sequence or PAWS check (rate-limited if dataless).
+
+        Data that starts before RCV.NXT was sent again, so our ACK was lost
+        or came too late: as Linux's tcp_send_dupack does, this enters
+        quick-ACK mode and leaves pingpong mode (tcp_enter_quickack_mode).
+        """
         if plen == 0 and not seg.flags & (SYN | FIN):
             last = self._oow_last_us
             if last is not None and now_us - last < self.config.oow_ack_interval_us:
                 self._count(TcpDrop.OOW_ACK_LIMITED)
                 return
             self._oow_last_us = now_us
+        elif seq_lt(seg.seq, self.rcv_nxt):
+            self._incr_quickack()
+            self._pingpong = False
         self._owe_ack()
 
     def _owe_ack(self) -> None:
@@ -1253,6 +1300,37 @@ class Tcb:
         else:
             self._acks_owed = 1
             self._acks_owed_at = self.rcv_nxt
+
+    def _incr_quickack(self) -> None:
+        """Allow quick ACKs: Linux's tcp_incr_quickack(sk, TCP_MAX_QUICKACKS).
+
+        As many as the window we last advertised holds pairs of full
+        segments (2 when it holds none), at most `MAX_QUICKACKS`; a count
+        already higher is kept.
+        """
+        wnd = seq_sub(self.rcv_adv, self.last_ack_sent)
+        quick = wnd // (2 * self._rcv_mss) if wnd > 0 else 0
+        if quick == 0:
+            quick = 2
+        elif quick > MAX_QUICKACKS:
+            quick = MAX_QUICKACKS
+        if quick > self._quick:
+            self._quick = quick
+
+    def _quickack_on_data(self, now_us: int) -> None:
+        """In-order data arrived: the quick-ACK part of Linux's tcp_event_data_recv.
+
+        The first data of the connection, or data after the receiver heard
+        no data for longer than the RTO (a sender that restarts from its
+        initial window after idle), enters quick-ACK mode.  The caller
+        then stores `_last_data_us`.  The fast path asks only for the
+        first data since our last ACK: an earlier segment is ACKed within
+        `delayed_ack_us`, so a gap longer than the RTO always ends there
+        (unless delayed_ack_us is configured above the RTO).
+        """
+        last = self._last_data_us
+        if last is None or now_us - last > self._rtt.rto_us:
+            self._incr_quickack()
 
     def _close_now(self) -> None:
         """Enter CLOSED: stop every timer and forget the data in flight."""
@@ -1552,11 +1630,19 @@ class Tcb:
             self.bytes_received += plen
             delack = self._delack_bytes + plen
             self._delack_bytes = delack
+            if delack == plen:
+                # The first data since our last ACK: only here can it be the
+                # first of the connection or follow an idle gap (see
+                # `_quickack_on_data`), so later segments skip the test.
+                self._quickack_on_data(now_us)
+            self._last_data_us = now_us
             # A deliberate stretch ACK: `_ack_now` says "ACK at the flush",
             # which comes once per burst (ARCHITECTURE.md rule 3), so one
             # ACK covers all in-order data of the burst (see "Delayed ACK").
             if delack >= 2 * self._rcv_mss:
                 self._ack_now = True
+            elif self._quick and not self._pingpong:
+                self._ack_now = True  # quick-ACK mode (Linux's tcp_in_quickack_mode)
             elif self._delack_deadline is None:
                 self._delack_deadline = now_us + self.config.delayed_ack_us
         return True
@@ -2190,6 +2276,8 @@ class Tcb:
                 adv = rcvbuf.write(data)
                 self.rcv_nxt = seq_add(self.rcv_nxt, adv)
                 self.bytes_received += adv
+                self._quickack_on_data(now_us)
+                self._last_data_us = now_us
                 if had_holes:
                     immediate = True  # a hole (partly) filled: RFC 5681 4.2
                 else:
@@ -2200,6 +2288,8 @@ class Tcb:
                     self._delack_bytes += adv
                     if self._delack_bytes >= 2 * self._rcv_mss:
                         self._ack_now = True
+                    elif self._quick and not self._pingpong:
+                        self._ack_now = True  # quick-ACK mode (Linux's tcp_in_quickack_mode)
                     elif self._delack_deadline is None:
                         self._delack_deadline = now_us + self.config.delayed_ack_us
             else:
@@ -2348,8 +2438,11 @@ class Tcb:
                 return
         d = self._delack_deadline
         if d is not None and d <= now_us:
+            # The reply the ACK waited for did not come: not interactive after
+            # all (Linux's tcp_delack_timer_handler leaves pingpong mode).
             self._delack_deadline = None
             self._ack_now = True
+            self._pingpong = False
         d = self._persist_deadline
         if d is not None and d <= now_us:
             self._persist_deadline = None
@@ -2498,6 +2591,8 @@ class Tcb:
             self.last_ack_sent = ack
             self._ack_now = False
             self._delack_deadline = None
+            if self._quick and self._delack_bytes:
+                self._quick -= 1  # an ACK of new data (Linux's tcp_dec_quickack_mode)
             self._delack_bytes = 0
         self.segs_out += 1
         return _tuple_new(
@@ -2606,6 +2701,13 @@ class Tcb:
                 flags |= PSH
             if self._fin_queued:
                 flags |= FIN
+        if n and not self._pingpong:
+            # Data within the delayed-ACK time of the peer's last data is a
+            # reply: interactive, so delay ACKs for it to ride on (Linux's
+            # tcp_event_data_sent, with `delayed_ack_us` as the ATO).
+            last = self._last_data_us
+            if last is not None and now_us - last < self.config.delayed_ack_us:
+                self._pingpong = True
         seq = self.snd_nxt
         out.append(self._make(seq, flags, piece, now_us))
         length = n + 1 if flags & FIN else n
