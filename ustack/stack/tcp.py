@@ -61,7 +61,18 @@ from ustack.tcp.tcb import OutSegment, State, Tcb, TcpConfig
 from ustack.wire.drop import Drop
 from ustack.wire.ethernet import ETH_HLEN
 from ustack.wire.ipv4 import IPV4_HLEN, PROTO_TCP, IPv4Header
-from ustack.wire.tcp import ACK, RST, SYN, TCP_HLEN, TcpSegment, emit_tcp, options_len, parse_tcp
+from ustack.wire.tcp import (
+    ACK,
+    RST,
+    SYN,
+    TCP_HLEN,
+    TCP_HLEN_TS,
+    TcpSegment,
+    emit_tcp,
+    emit_tcp_ts,
+    options_len,
+    parse_tcp,
+)
 from ustack.wire.types import Buffer, WritableBuffer
 
 if TYPE_CHECKING:
@@ -75,6 +86,8 @@ _TSO_MAX: Final = 65535 - IPV4_HLEN - 60  # largest TCP payload with the largest
 _SYN_RECEIVED: Final = State.SYN_RECEIVED
 _TIME_WAIT: Final = State.TIME_WAIT
 _CLOSED: Final = State.CLOSED
+# A segment the device checksums but does not cut (not larger than the MSS).
+_VNET_CSUM_ONLY: Final = VnetHeader(VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, _L4, _TCP_CSUM_OFFSET)
 
 
 def _key(remote_ip: int, remote_port: int, local_port: int) -> int:
@@ -562,51 +575,75 @@ class TcpLayer:
         dev = stack.dev
         pool = dev.pool
         base = dev.tx_offset(slot)
-        payload = s.payload
+        l4 = base + _L4
+        seq, ack, flags, window, payload, mss, wscale, sack_permitted, sack_blocks, ts = s
         n = len(payload)
-        hlen = TCP_HLEN + options_len(
-            mss=s.mss,
-            wscale=s.wscale,
-            sack_permitted=s.sack_permitted,
-            sack_blocks=s.sack_blocks,
-            ts=s.ts,
-        )
-        start = base + _L4 + hlen
+        # The usual segment has no option but timestamps: emit_tcp_ts, without
+        # sizing options or binding keywords (once per segment).
+        common = mss is None and wscale is None and not sack_permitted and not sack_blocks
+        if common:
+            hlen = TCP_HLEN if ts is None else TCP_HLEN_TS
+        else:
+            hlen = TCP_HLEN + options_len(
+                mss=mss,
+                wscale=wscale,
+                sack_permitted=sack_permitted,
+                sack_blocks=sack_blocks,
+                ts=ts,
+            )
         if n:
+            start = l4 + hlen
             pool[start : start + n] = payload
         offload = self.offload
-        emit_tcp(
-            pool,
-            base + _L4,
-            sport=lport,
-            dport=rport,
-            seq=s.seq,
-            ack=s.ack,
-            flags=s.flags,
-            window=s.window,
-            src=stack.iface.addr,
-            dst=rip,
-            payload_len=n,
-            mss=s.mss,
-            wscale=s.wscale,
-            sack_permitted=s.sack_permitted,
-            sack_blocks=s.sack_blocks,
-            ts=s.ts,
-            offload_checksum=offload,
-        )
+        if common:
+            emit_tcp_ts(
+                pool,
+                l4,
+                lport,
+                rport,
+                seq,
+                ack,
+                flags,
+                window,
+                stack.iface.addr,
+                rip,
+                n,
+                ts,
+                offload,
+            )
+        else:
+            emit_tcp(
+                pool,
+                l4,
+                sport=lport,
+                dport=rport,
+                seq=seq,
+                ack=ack,
+                flags=flags,
+                window=window,
+                src=stack.iface.addr,
+                dst=rip,
+                payload_len=n,
+                mss=mss,
+                wscale=wscale,
+                sack_permitted=sack_permitted,
+                sack_blocks=sack_blocks,
+                ts=ts,
+                offload_checksum=offload,
+            )
         if offload:
-            gso = tcb is not None and n > tcb.smss
-            dev.tx_set_vnet(
-                slot,
-                VnetHeader(
+            if tcb is not None and n > tcb.smss:
+                vnet = VnetHeader(
                     VNET_F_NEEDS_CSUM,
-                    VNET_GSO_TCPV4 if gso else VNET_GSO_NONE,
-                    _L4 + hlen if gso else 0,
-                    tcb.sack_mss(len(s.sack_blocks)) if gso and tcb is not None else 0,
+                    VNET_GSO_TCPV4,
+                    _L4 + hlen,
+                    tcb.sack_mss(len(sack_blocks)),
                     _L4,
                     _TCP_CSUM_OFFSET,
-                ),
-            )
+                )
+            else:
+                vnet = _VNET_CSUM_ONLY
+            dev.tx_set_vnet(slot, vnet)
         self.counters["tcp_out_segs"] += 1
         stack._send_ip_slot(slot, base, rip, PROTO_TCP, hlen + n, df=True)
 

@@ -439,6 +439,10 @@ _RK_RETRANS: Final = 4
 _EMPTY: Final = memoryview(b"")
 _FAST_PATH_MASK: Final = SYN | FIN | RST | ACK | 0x20  # URG: the flags the fast path rules out
 _MASK32: Final = 0xFFFFFFFF
+_HALF32: Final = 0x80000000
+# The per-segment paths (`_fast_path`, `_ack_advance`, `_pipe`, output) write
+# the `ustack.tcp.seq` helpers out as these masked expressions, which cost a
+# fraction of a function call; each carries a comment naming the helper.
 
 
 class State(enum.Enum):
@@ -1375,7 +1379,7 @@ class Tcb:
         marked lost (a retransmission clears the mark, so it counts again).
         """
         if not self._sack_rec:
-            pipe = seq_sub(self.snd_nxt, self.snd_una)
+            pipe = ((self.snd_nxt - self.snd_una + _HALF32) & _MASK32) - _HALF32  # seq_sub
             sb = self._sb
             if sb:
                 pipe -= sb.sacked_in(self._una_abs, self._una_abs + pipe)
@@ -1398,7 +1402,8 @@ class Tcb:
 
     def _select_window(self) -> int:
         """The 16-bit window field for a non-SYN segment; moves rcv_adv."""
-        left = seq_sub(self.rcv_adv, self.rcv_nxt)
+        rcv_nxt = self.rcv_nxt
+        left = ((self.rcv_adv - rcv_nxt + _HALF32) & _MASK32) - _HALF32  # seq_sub
         if left < 0:
             left = 0
         wnd = self._window_bytes(left)
@@ -1408,7 +1413,7 @@ class Tcb:
             field += 1  # round up rather than pull the right edge back
         if field > 65535:
             field = 65535
-        self.rcv_adv = seq_add(self.rcv_nxt, field << ws)
+        self.rcv_adv = (rcv_nxt + (field << ws)) & _MASK32  # seq_add
         return field
 
     # -- input ----------------------------------------------------------------
@@ -1580,15 +1585,16 @@ class Tcb:
         """
         ts_ok = self._ts_ok
         ts_val = seg.ts_val
-        if ts_ok and (ts_val is None or seq_lt(ts_val, self._ts_recent)):
+        # seq_lt(ts_val, TS.Recent)
+        if ts_ok and (ts_val is None or ((ts_val - self._ts_recent) & _MASK32) >= _HALF32):
             return False
         ack = seg.ack
         una = self.snd_una
-        acked = seq_sub(ack, una)
+        acked = ((ack - una + _HALF32) & _MASK32) - _HALF32  # seq_sub(ack, una)
         plen = len(payload)
         if (
             acked < 0
-            or acked > seq_sub(self.snd_max, una)
+            or acked > ((self.snd_max - una + _HALF32) & _MASK32) - _HALF32  # seq_sub
             or (acked == 0 and plen == 0)
             or self._in_recovery
             or self._dupacks
@@ -1601,7 +1607,7 @@ class Tcb:
             return False
         rcvbuf = self._rcvbuf
         if plen:
-            left = seq_sub(self.rcv_adv, self.rcv_nxt)
+            left = ((self.rcv_adv - self.rcv_nxt + _HALF32) & _MASK32) - _HALF32  # seq_sub
             if (
                 plen > left
                 or plen > rcvbuf.space
@@ -1617,7 +1623,11 @@ class Tcb:
             self._ts_recent_us = now_us
         if acked:
             self._ack_advance(ack, acked, seg, now_us)
-        if seq_lt(self.snd_wl1, seq) or (self.snd_wl1 == seq and seq_le(self.snd_wl2, ack)):
+        wl1 = self.snd_wl1
+        # seq_lt(SND.WL1, seq) or (SND.WL1 == seq and seq_le(SND.WL2, ack))
+        if ((wl1 - seq) & _MASK32) >= _HALF32 or (
+            wl1 == seq and ((ack - self.snd_wl2) & _MASK32) <= _HALF32
+        ):
             wnd = seg.window << self.snd_wscale
             self.snd_wnd = wnd
             self.snd_wl1 = seq
@@ -1626,7 +1636,7 @@ class Tcb:
                 self.max_snd_wnd = wnd
         if plen:
             rcvbuf.write(payload)
-            self.rcv_nxt = seq_add(seq, plen)
+            self.rcv_nxt = (seq + plen) & _MASK32  # seq_add
             self.bytes_received += plen
             delack = self._delack_bytes + plen
             self._delack_bytes = delack
@@ -1799,7 +1809,7 @@ class Tcb:
             data = buffered
         self._sndbuf.consume(data)
         self.snd_una = ack
-        if seq_lt(self.snd_nxt, ack):
+        if ((self.snd_nxt - ack) & _MASK32) >= _HALF32:  # seq_lt(SND.NXT, ack)
             self.snd_nxt = ack
         self.bytes_acked += data
         self._retries = 0
@@ -1812,7 +1822,7 @@ class Tcb:
         self._tlp_rearm = True
         # RTT sample: the timed segment (Karn), else TSecr (RFC 7323 4).
         rtt_seq = self._rtt_seq
-        if rtt_seq is not None and seq_ge(ack, rtt_seq):
+        if rtt_seq is not None and ((ack - rtt_seq) & _MASK32) < _HALF32:  # seq_ge(ack, rtt_seq)
             self._rtt.on_sample(now_us - self._rtt_sent_us)
             self._rtt_seq = None
         elif rtt_seq is None and self._ts_ok and seg.ts_ecr:
@@ -2182,7 +2192,7 @@ class Tcb:
             self._in_recovery
             or self._rk_sacked
             or self._tlp_end is not None
-            or seq_lt(self.snd_una, self._recover)
+            or ((self.snd_una - self._recover) & _MASK32) >= _HALF32  # seq_lt(SND.UNA, recover)
             or self.snd_nxt != self.snd_max
         ):
             self._tlp_deadline = None
@@ -2193,7 +2203,7 @@ class Tcb:
         srtt = self._rtt.srtt_us
         if srtt is None:
             pto = TLP_NO_RTT_PTO_US
-        elif seq_sub(self.snd_max, self.snd_una) <= self.smss:
+        elif ((self.snd_max - self.snd_una + _HALF32) & _MASK32) - _HALF32 <= self.smss:  # seq_sub
             pto = 2 * srtt + TLP_DELACK_US
         else:
             pto = 2 * srtt + TLP_SLACK_US
@@ -2575,7 +2585,7 @@ class Tcb:
                 ts,
             )
         if self._ts_ok:
-            ts = (self._tsval(now_us), self._ts_recent)
+            ts = ((now_us // 1000 + self._ts_offset) & _MASK32, self._ts_recent)  # _tsval
         blocks: tuple[tuple[int, int], ...] = ()
         if self._sack_ok and self._rcvbuf.has_out_of_order:
             rn = self.rcv_nxt
@@ -2711,12 +2721,12 @@ class Tcb:
         seq = self.snd_nxt
         out.append(self._make(seq, flags, piece, now_us))
         length = n + 1 if flags & FIN else n
-        nxt = seq_add(seq, length)
+        nxt = (seq + length) & _MASK32  # seq_add
         self.snd_nxt = nxt
-        new = seq_sub(nxt, self.snd_max)
+        new = ((nxt - self.snd_max + _HALF32) & _MASK32) - _HALF32  # seq_sub
         if self._sack_ok:
             self._rk_sent(
-                self._una_abs + seq_sub(seq, self.snd_una),
+                self._una_abs + (((seq - self.snd_una + _HALF32) & _MASK32) - _HALF32),  # seq_sub
                 length,
                 length if new <= 0 else length - new,
                 now_us,
@@ -2765,10 +2775,12 @@ class Tcb:
         sb = self._sb
         while True:
             buffered = len(sndbuf)
-            off = seq_sub(self.snd_nxt, self.snd_una)
+            snd_nxt = self.snd_nxt
+            off = ((snd_nxt - self.snd_una + _HALF32) & _MASK32) - _HALF32  # seq_sub
             avail = buffered - off
             gap = avail
-            if sb and avail > 0 and seq_lt(self.snd_nxt, self.snd_max):
+            # seq_lt(SND.NXT, SND.MAX) before asking the scoreboard (a method call).
+            if avail > 0 and ((snd_nxt - self.snd_max) & _MASK32) >= _HALF32 and sb:
                 # Going back after a timeout: skip what the peer has SACKed since.
                 pos = self._una_abs + off
                 hole = sb.next_unsacked(pos, self._una_abs + buffered)
@@ -2803,7 +2815,7 @@ class Tcb:
                 n = self._seg_cap
             if n > gap:
                 n = gap
-            if n < smss and not seq_lt(self.snd_nxt, self.snd_max):
+            if n < smss and ((snd_nxt - self.snd_max) & _MASK32) < _HALF32:  # not seq_lt
                 # A short segment of new data (retransmissions always go, as in BSD).
                 if not nodelay and self.snd_max != self.snd_una:
                     break  # Nagle (RFC 9293 3.7.4)

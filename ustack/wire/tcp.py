@@ -39,7 +39,8 @@ combination (ECN, RFC 3168).  The four reserved bits are ignored, as RFC
 Nearly every segment of an established Linux connection carries the same
 options, NOP NOP Timestamps in a 32-byte header; parse_tcp recognises that
 header by its first four option bytes and skips the option loop, and
-emit_tcp writes it with one struct.
+emit_tcp writes it with one struct.  `emit_tcp_ts` is that writer on its
+own, with positional arguments, for the Stack's per-segment output.
 """
 
 import struct
@@ -104,6 +105,7 @@ _NOP_NOP_SACKPERM = 0x01010402
 _NOP_WSCALE = 0x01030300
 _NOP_NOP_SACK = 0x01010500
 
+_DOFF_PLAIN = (TCP_HLEN >> 2) << 12
 _DOFF_TS = (TCP_HLEN_TS >> 2) << 12
 
 
@@ -377,29 +379,90 @@ def emit_tcp(
 
     Only field ranges are checked: any flag combination can be written.
     """
+    if mss is None and wscale is None and not sack_permitted and not sack_blocks:
+        return emit_tcp_ts(
+            buf,
+            off,
+            sport,
+            dport,
+            seq,
+            ack,
+            flags,
+            window,
+            src,
+            dst,
+            payload_len,
+            ts,
+            offload_checksum,
+            urgent,
+        )
     if flags & ~0xFF:
         raise ValueError(f"flags are the 8 control bits 0..0xFF, got {flags:#x}")
-    plain = mss is None and wscale is None and not sack_permitted and not sack_blocks
-    if not plain:
-        header_len = TCP_HLEN + options_len(
-            mss=mss, wscale=wscale, sack_permitted=sack_permitted, sack_blocks=sack_blocks, ts=ts
-        )
-    elif ts is None:
-        header_len = TCP_HLEN
-    else:
-        header_len = TCP_HLEN_TS
+    header_len = TCP_HLEN + options_len(
+        mss=mss, wscale=wscale, sack_permitted=sack_permitted, sack_blocks=sack_blocks, ts=ts
+    )
     seg_len = header_len + payload_len
-    if payload_len < 0 or seg_len > TCP_MAX_LEN:
-        raise ValueError(
-            f"TCP payload must be 0..{TCP_MAX_LEN - header_len} bytes with a "
-            f"{header_len}-byte header, got {payload_len}"
-        )
-    if off < 0 or off + seg_len > len(buf):
-        raise ValueError(
-            f"a TCP segment of {seg_len} bytes at {off} does not fit a buffer of {len(buf)} bytes"
-        )
+    _check_room(buf, off, header_len, payload_len)
     try:
-        if plain and ts is not None:
+        _HDR.pack_into(
+            buf, off, sport, dport, seq, ack, (header_len << 10) | flags, window, 0, urgent
+        )
+        _write_options(buf, off + TCP_HLEN, mss, wscale, sack_permitted, sack_blocks, ts)
+        pseudo = pseudo_sum(src, dst, PROTO_TCP, seg_len)
+    except (struct.error, OverflowError) as exc:
+        raise _bad_field(exc) from exc
+    if offload_checksum:
+        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+        _CSUM.pack_into(buf, off + _CSUM_OFF, (pseudo & 0xFFFF) + (pseudo >> 16))
+    else:
+        # TCP has no "no checksum" value, so a computed 0 is sent as 0 (RFC 9293 3.1).
+        _CSUM.pack_into(buf, off + _CSUM_OFF, checksum(buf, off, seg_len, pseudo))
+    return header_len
+
+
+def emit_tcp_ts(
+    buf: WritableBuffer,
+    off: int,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    src: int,
+    dst: int,
+    payload_len: int,
+    ts: tuple[int, int] | None,
+    offload_checksum: bool = False,
+    urgent: int = 0,
+) -> int:
+    """emit_tcp for a segment whose only option is Timestamps (NOP NOP TS), or that has none.
+
+    The bytes and the checks of emit_tcp with those arguments, taken
+    positionally: nearly every segment of an established connection has
+    this header, and the per-segment path skips keyword binding and the
+    option sizing.  Returns the header length, TCP_HLEN_TS or TCP_HLEN.
+    """
+    if flags & ~0xFF:
+        raise ValueError(f"flags are the 8 control bits 0..0xFF, got {flags:#x}")
+    header_len = TCP_HLEN if ts is None else TCP_HLEN_TS
+    seg_len = header_len + payload_len
+    if payload_len < 0 or seg_len > TCP_MAX_LEN or off < 0 or off + seg_len > len(buf):
+        _check_room(buf, off, header_len, payload_len)
+    try:
+        # The pseudo-header sum first, so that an offloaded checksum (see
+        # emit_tcp) is written with the header in one pack_into.
+        pseudo = pseudo_sum(src, dst, PROTO_TCP, seg_len)
+        if offload_checksum:
+            pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+            csum = (pseudo & 0xFFFF) + (pseudo >> 16)
+        else:
+            csum = 0
+        if ts is None:
+            _HDR.pack_into(
+                buf, off, sport, dport, seq, ack, _DOFF_PLAIN | flags, window, csum, urgent
+            )
+        else:
             ts_val, ts_ecr = ts
             _HDR_TS.pack_into(
                 buf,
@@ -410,28 +473,36 @@ def emit_tcp(
                 ack,
                 _DOFF_TS | flags,
                 window,
-                0,
+                csum,
                 urgent,
                 _NOP_NOP_TS,
                 ts_val,
                 ts_ecr,
             )
-        else:
-            _HDR.pack_into(
-                buf, off, sport, dport, seq, ack, (header_len << 10) | flags, window, 0, urgent
-            )
-            if not plain:
-                _write_options(buf, off + TCP_HLEN, mss, wscale, sack_permitted, sack_blocks, ts)
-        pseudo = pseudo_sum(src, dst, PROTO_TCP, seg_len)
     except (struct.error, OverflowError) as exc:
-        raise ValueError(
-            f"bad TCP field (ports, window, urgent, MSS are 16-bit; seq, ack, timestamps, "
-            f"SACK edges and addresses 32-bit): {exc}"
-        ) from exc
-    if offload_checksum:
-        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
-        _CSUM.pack_into(buf, off + _CSUM_OFF, (pseudo & 0xFFFF) + (pseudo >> 16))
-    else:
+        raise _bad_field(exc) from exc
+    if not offload_checksum:
         # TCP has no "no checksum" value, so a computed 0 is sent as 0 (RFC 9293 3.1).
         _CSUM.pack_into(buf, off + _CSUM_OFF, checksum(buf, off, seg_len, pseudo))
     return header_len
+
+
+def _check_room(buf: WritableBuffer, off: int, header_len: int, payload_len: int) -> None:
+    """Raise ValueError unless a segment of this header and payload fits TCP and buf[off:]."""
+    seg_len = header_len + payload_len
+    if payload_len < 0 or seg_len > TCP_MAX_LEN:
+        raise ValueError(
+            f"TCP payload must be 0..{TCP_MAX_LEN - header_len} bytes with a "
+            f"{header_len}-byte header, got {payload_len}"
+        )
+    if off < 0 or off + seg_len > len(buf):
+        raise ValueError(
+            f"a TCP segment of {seg_len} bytes at {off} does not fit a buffer of {len(buf)} bytes"
+        )
+
+
+def _bad_field(exc: Exception) -> ValueError:
+    return ValueError(
+        f"bad TCP field (ports, window, urgent, MSS are 16-bit; seq, ack, timestamps, "
+        f"SACK edges and addresses 32-bit): {exc}"
+    )
