@@ -60,6 +60,7 @@ from benchlib import (
 )
 
 from ustack import netns
+from ustack.bench.targets import Server
 from ustack.topology import Topology
 
 PORT = 5300
@@ -237,18 +238,19 @@ def _self_argv(*args: str) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), *args]
 
 
+def _serve(topo: Topology, target: str, cpu: int) -> tuple[str, Server]:
+    """A fresh echo server of `target` pinned to `cpu`, serving; (its address, it)."""
+    dst = topo.kernel_addr if target == "kernel" else topo.ustack_addr
+    argv = _self_argv("--server-role", target, topo.name, str(cpu))
+    server = start_server(
+        target, argv, cpu, topo=topo.name, addr=dst, port=PORT, client_ns=topo.client_ns
+    )
+    return dst, server
+
+
 def run_one(topo: Topology, target: str, conns: int, args: argparse.Namespace) -> dict[str, Any]:
     server_cpu, client_cpu = PLACEMENTS[args.placement]
-    dst = topo.kernel_addr if target == "kernel" else topo.ustack_addr
-    server = start_server(
-        target,
-        _self_argv("--server-role", target, topo.name, str(server_cpu)),
-        server_cpu,
-        topo=topo.name,
-        addr=dst,
-        port=PORT,
-        client_ns=topo.client_ns,
-    )
+    dst, server = _serve(topo, target, server_cpu)
     spec = {
         "ns": topo.client_ns,
         "dst": dst,
@@ -302,16 +304,7 @@ def run_one(topo: Topology, target: str, conns: int, args: argparse.Namespace) -
 def run_idle(topo: Topology, target: str, args: argparse.Namespace) -> dict[str, Any]:
     """One connection open, no traffic for args.idle seconds: the server's CPU over them."""
     server_cpu, _ = PLACEMENTS[args.placement]
-    dst = topo.kernel_addr if target == "kernel" else topo.ustack_addr
-    server = start_server(
-        target,
-        _self_argv("--server-role", target, topo.name, str(server_cpu)),
-        server_cpu,
-        topo=topo.name,
-        addr=dst,
-        port=PORT,
-        client_ns=topo.client_ns,
-    )
+    dst, server = _serve(topo, target, server_cpu)
     try:
         with netns.inside(topo.client_ns):
             conn = socket.create_connection((dst, PORT), timeout=10)

@@ -524,6 +524,14 @@ def _send_queued(ep: select.epoll, c: _Conn) -> None:
         ep.modify(c.fd, select.EPOLLIN)
 
 
+def _recv(c: _Conn, rbuf: bytearray) -> int:
+    """Read what the server sent on `c` into rbuf; a connection it closed is an error."""
+    n = c.sock.recv_into(rbuf)
+    if n == 0:
+        raise ConnectionError("the server closed a connection")
+    return n
+
+
 def _stream_setup(
     spec: WorkerSpec, socks: list[socket.socket]
 ) -> tuple[select.epoll, dict[int, _Conn], _Replies, list[int], list[bytes]]:
@@ -605,9 +613,7 @@ def _stream(
                     _send_queued(ep, c)
                 if not ev & (IN | select.EPOLLERR | select.EPOLLHUP):
                     continue
-                n = c.sock.recv_into(rbuf)
-                if n == 0:
-                    raise ConnectionError("the server closed a connection")
+                n = _recv(c, rbuf)
                 t = now()
                 k = take(c, rview[:n], t, t_timed <= t < t_end)
                 if k and t < t_end:
@@ -825,9 +831,7 @@ def _paced(
                     _send_queued(ep, c)
                 if not ev & (IN | select.EPOLLERR | select.EPOLLHUP):
                     continue
-                n = c.sock.recv_into(rbuf)
-                if n == 0:
-                    raise ConnectionError("the server closed a connection")
+                n = _recv(c, rbuf)
                 t = now()
                 take(c, rview[:n], t, t_timed <= t < t_end)
             t = now()
